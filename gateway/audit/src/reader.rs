@@ -1,0 +1,235 @@
+//! The read side: a read-only connection that works while the writer runs (WAL readers do not
+//! block the writer and see a consistent snapshot per query).
+
+use std::path::Path;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params_from_iter, Connection, OpenFlags};
+
+use crate::schema::{self, COLUMNS, DEFAULT_BUSY_TIMEOUT, GENESIS};
+use crate::{AuditError, Decision, EventKind, Seq, StoredRecord};
+
+/// Search criteria; every `Some` field must match. Results are in ascending seq order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    /// Exact user name.
+    pub username: Option<String>,
+    /// Exact target connection name.
+    pub connection: Option<String>,
+    /// Event kind.
+    pub event: Option<EventKind>,
+    /// Decision.
+    pub decision: Option<Decision>,
+    /// Inclusive lower bound on `time_us`.
+    pub from_us: Option<i64>,
+    /// Exclusive upper bound on `time_us`.
+    pub to_us: Option<i64>,
+    /// Only records with a seq greater than this (for paging).
+    pub after_seq: Option<Seq>,
+    /// At most this many records (`None`: all).
+    pub limit: Option<usize>,
+}
+
+/// Why [`AuditReader::verify_chain`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainBreak {
+    /// No row has this seq although later rows exist (a row was deleted).
+    Missing,
+    /// A row has a seq the store never assigns (zero or negative).
+    UnexpectedSeq,
+    /// The row's columns cannot be decoded into a record.
+    Undecodable,
+    /// The row's `prev_hash` is not the previous row's `hash` (rows moved or replaced).
+    PrevHashMismatch,
+    /// The recomputed hash differs from the stored one (the row was edited).
+    HashMismatch,
+}
+
+/// The first row at which the chain does not verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadRecord {
+    /// The sequence number where verification failed.
+    pub seq: Seq,
+    /// What is wrong there.
+    pub reason: ChainBreak,
+}
+
+/// Result of [`AuditReader::verify_chain`].
+///
+/// The chain proves order and content of the rows present up to `last_seq`; it cannot by
+/// itself show that rows were cut off the end. Compare `last_seq` and `last_hash` with a
+/// signed checkpoint for that.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Rows checked and found good.
+    pub verified: u64,
+    /// Seq of the last good row (0 when none).
+    pub last_seq: Seq,
+    /// Hash of the last good row (genesis zeros when none).
+    pub last_hash: [u8; 32],
+    /// The first failure, if any; verification stops there.
+    pub first_bad: Option<BadRecord>,
+}
+
+impl VerifyReport {
+    /// True when every row verified.
+    pub fn is_ok(&self) -> bool {
+        self.first_bad.is_none()
+    }
+}
+
+/// A read-only view of the audit store.
+#[derive(Debug)]
+pub struct AuditReader {
+    conn: Connection,
+}
+
+impl AuditReader {
+    /// Opens an existing store read-only. Fails if the file does not exist.
+    pub fn open(path: &Path) -> Result<AuditReader, AuditError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(AuditReader { conn })
+    }
+
+    /// The last `n` records, in ascending seq order.
+    pub fn tail(&self, n: usize) -> Result<Vec<StoredRecord>, AuditError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {COLUMNS} FROM records ORDER BY seq DESC LIMIT ?1) ORDER BY seq"
+        );
+        self.query(&sql, vec![SqlValue::Integer(sql_limit(Some(n)))])
+    }
+
+    /// Up to `limit` records with a seq greater than `seq`, ascending (for `tail --follow`).
+    pub fn after(&self, seq: Seq, limit: usize) -> Result<Vec<StoredRecord>, AuditError> {
+        let sql = format!("SELECT {COLUMNS} FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+        self.query(
+            &sql,
+            vec![
+                SqlValue::Integer(seq),
+                SqlValue::Integer(sql_limit(Some(limit))),
+            ],
+        )
+    }
+
+    /// Records matching `filter`, ascending by seq.
+    pub fn search(&self, filter: &Filter) -> Result<Vec<StoredRecord>, AuditError> {
+        let mut conds: Vec<&str> = Vec::new();
+        let mut args: Vec<SqlValue> = Vec::new();
+        let mut add = |cond: &'static str, v: SqlValue| {
+            conds.push(cond);
+            args.push(v);
+        };
+        if let Some(u) = &filter.username {
+            add("username = ?", SqlValue::Text(u.clone()));
+        }
+        if let Some(c) = &filter.connection {
+            add("connection = ?", SqlValue::Text(c.clone()));
+        }
+        if let Some(e) = filter.event {
+            add("event = ?", SqlValue::Text(e.as_str().into()));
+        }
+        if let Some(d) = filter.decision {
+            add("decision = ?", SqlValue::Text(d.as_str().into()));
+        }
+        if let Some(t) = filter.from_us {
+            add("time_us >= ?", SqlValue::Integer(t));
+        }
+        if let Some(t) = filter.to_us {
+            add("time_us < ?", SqlValue::Integer(t));
+        }
+        if let Some(s) = filter.after_seq {
+            add("seq > ?", SqlValue::Integer(s));
+        }
+        let mut sql = format!("SELECT {COLUMNS} FROM records");
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        args.push(SqlValue::Integer(sql_limit(filter.limit)));
+        self.query(&sql, args)
+    }
+
+    /// Recomputes the hash chain from the stored columns and reports the first bad seq.
+    pub fn verify_chain(&self) -> Result<VerifyReport, AuditError> {
+        self.verify_chain_with_progress(|_| {})
+    }
+
+    /// As [`verify_chain`](Self::verify_chain), calling `progress(verified_so_far)` every
+    /// 10 000 rows (for long logs).
+    pub fn verify_chain_with_progress(
+        &self,
+        mut progress: impl FnMut(u64),
+    ) -> Result<VerifyReport, AuditError> {
+        let sql = format!("SELECT {COLUMNS} FROM records ORDER BY seq");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        let mut report = VerifyReport {
+            verified: 0,
+            last_seq: 0,
+            last_hash: GENESIS,
+            first_bad: None,
+        };
+        let mut buf = Vec::new();
+        while let Some(row) = rows.next()? {
+            let seq: Seq = row.get(0)?;
+            let expected = report.last_seq + 1;
+            let bad = |seq, reason| Some(BadRecord { seq, reason });
+            if seq < 1 {
+                report.first_bad = bad(seq, ChainBreak::UnexpectedSeq);
+                break;
+            }
+            if seq != expected {
+                report.first_bad = bad(expected, ChainBreak::Missing);
+                break;
+            }
+            let stored = match schema::row_to_stored(row) {
+                Ok(s) => s,
+                Err(AuditError::Corrupt { .. }) => {
+                    report.first_bad = bad(seq, ChainBreak::Undecodable);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if stored.prev_hash != report.last_hash {
+                report.first_bad = bad(seq, ChainBreak::PrevHashMismatch);
+                break;
+            }
+            let hash = schema::chain_hash(&report.last_hash, seq, &stored.record, &mut buf)?;
+            if hash != stored.hash {
+                report.first_bad = bad(seq, ChainBreak::HashMismatch);
+                break;
+            }
+            report.verified += 1;
+            report.last_seq = seq;
+            report.last_hash = hash;
+            if report.verified % 10_000 == 0 {
+                progress(report.verified);
+            }
+        }
+        Ok(report)
+    }
+
+    fn query(&self, sql: &str, args: Vec<SqlValue>) -> Result<Vec<StoredRecord>, AuditError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(params_from_iter(args))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(schema::row_to_stored(row)?);
+        }
+        Ok(out)
+    }
+}
+
+/// SQLite `LIMIT` value: negative means unlimited.
+fn sql_limit(limit: Option<usize>) -> i64 {
+    match limit {
+        None => -1,
+        Some(n) => i64::try_from(n).unwrap_or(i64::MAX),
+    }
+}

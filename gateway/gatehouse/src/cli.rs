@@ -1,0 +1,308 @@
+//! The management subcommands: tokens, connections (with write-only credentials), audit
+//! reading and config checks. They work on the config file and the data dir directly, so they
+//! run with or without a gateway serving.
+
+use std::io::BufRead as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use gatehouse_audit::AuditReader;
+use gatehouse_vault::{Credential, Secret};
+
+use crate::config::{LoadedConfig, UpstreamTls};
+use crate::state;
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// User name (becomes `sub` and `preferred_username`).
+    #[arg(long)]
+    user: String,
+    /// Comma-separated groups.
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_seconds: u64,
+}
+
+pub fn token(config: &Path, args: TokenArgs) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::load(config)?;
+    if !loaded.config.identity.dev_issuer.enabled {
+        bail!("the development issuer is disabled: set [identity.dev_issuer] enabled = true (development only)");
+    }
+    let issuer = state::dev_issuer(&loaded.config)?;
+    let groups: Vec<String> = args.groups.into_iter().filter(|g| !g.is_empty()).collect();
+    let t = issuer
+        .mint(&args.user, &groups, Duration::from_secs(args.ttl_seconds), SystemTime::now())
+        .context("minting a token")?;
+    println!("{t}");
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCommand {
+    /// Add (or replace) a connection; the password is read from stdin (first line) unless
+    /// --password-env names a variable. It is stored encrypted and never shown again.
+    Add(AddArgs),
+    /// List connections (never their passwords).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a connection and its credential.
+    Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    name: String,
+    #[arg(long)]
+    host: String,
+    #[arg(long, default_value_t = 5432)]
+    port: u16,
+    #[arg(long)]
+    database: String,
+    /// Upstream user Gatehouse logs in as.
+    #[arg(long)]
+    user: String,
+    #[arg(long, value_enum, default_value = "verify-full")]
+    tls: TlsArg,
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Tag as key=value (repeatable), e.g. environment=production.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Read the password from this environment variable instead of stdin.
+    #[arg(long)]
+    password_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TlsArg {
+    VerifyFull,
+    Require,
+    Disable,
+}
+
+impl From<TlsArg> for UpstreamTls {
+    fn from(t: TlsArg) -> Self {
+        match t {
+            TlsArg::VerifyFull => UpstreamTls::VerifyFull,
+            TlsArg::Require => UpstreamTls::Require,
+            TlsArg::Disable => UpstreamTls::Disable,
+        }
+    }
+}
+
+pub fn connection(config: &Path, cmd: ConnectionCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConnectionCommand::Add(a) => add_connection(config, a),
+        ConnectionCommand::List { json } => list_connections(config, json),
+        ConnectionCommand::Remove { name } => remove_connection(config, &name),
+    }
+}
+
+fn read_password(env: Option<&str>) -> anyhow::Result<Secret> {
+    let pw = match env {
+        Some(var) => std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if pw.is_empty() {
+        bail!("empty password");
+    }
+    Ok(Secret::new(pw))
+}
+
+fn add_connection(config: &Path, a: AddArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut doc: toml_edit::DocumentMut = text.parse().context("parsing the config file")?;
+    let mut t = toml_edit::Table::new();
+    t["name"] = toml_edit::value(a.name.clone());
+    t["kind"] = toml_edit::value("postgres");
+    t["host"] = toml_edit::value(a.host.clone());
+    t["port"] = toml_edit::value(i64::from(a.port));
+    t["database"] = toml_edit::value(a.database.clone());
+    t["tls"] = toml_edit::value(UpstreamTls::from(a.tls).as_str());
+    if let Some(ca) = &a.ca_file {
+        t["ca_file"] = toml_edit::value(ca.to_string_lossy().into_owned());
+    }
+    if !a.tags.is_empty() {
+        let mut tags = toml_edit::InlineTable::new();
+        for kv in &a.tags {
+            let (k, v) = kv.split_once('=').with_context(|| format!("--tag {kv:?}: use key=value"))?;
+            tags.insert(k, v.into());
+        }
+        t["tags"] = toml_edit::value(tags);
+    }
+    let arr = doc
+        .entry("connections")
+        .or_insert_with(|| toml_edit::Item::ArrayOfTables(toml_edit::ArrayOfTables::new()))
+        .as_array_of_tables_mut()
+        .context("`connections` in the config file is not an array of tables")?;
+    let existing = arr.iter().position(|c| c.get("name").and_then(|n| n.as_str()) == Some(a.name.as_str()));
+    match existing {
+        Some(i) => {
+            if let Some(old) = arr.get_mut(i) {
+                *old = t;
+            }
+        }
+        None => arr.push(t),
+    }
+    let new_text = doc.to_string();
+    // Validate the whole result before anything is written.
+    let loaded = LoadedConfig::from_bytes(config, new_text.as_bytes())?;
+    let password = read_password(a.password_env.as_deref())?;
+    let vault = state::open_vault(&loaded.config)?;
+    vault
+        .put(&a.name, &Credential { user: a.user.clone(), password })
+        .context("storing the credential")?;
+    crate::tls::write_private(config, new_text.as_bytes()).context("writing the config file")?;
+    eprintln!(
+        "connection {:?} saved (credential vaulted). A running gateway picks it up on SIGHUP (kill -HUP <pid>).",
+        a.name
+    );
+    Ok(())
+}
+
+fn list_connections(config: &Path, json: bool) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::load(config)?;
+    let vault = state::open_vault(&loaded.config)?;
+    let entries: std::collections::HashMap<String, String> = vault.entries()?.into_iter().collect();
+    for c in &loaded.config.connections {
+        let user = entries.get(&c.name);
+        if json {
+            let v = serde_json::json!({
+                "name": c.name, "kind": "postgres", "host": c.host, "port": c.port,
+                "database": c.database, "tls": c.tls.as_str(), "tags": c.tags,
+                "upstream_user": user, "credential": if user.is_some() { "vaulted" } else { "missing" },
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "{}\tpostgres://{}@{}:{}/{}\ttls={}\tcredential={}",
+                c.name,
+                user.map(String::as_str).unwrap_or("?"),
+                c.host,
+                c.port,
+                c.database,
+                c.tls.as_str(),
+                if user.is_some() { "vaulted" } else { "missing" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn remove_connection(config: &Path, name: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut doc: toml_edit::DocumentMut = text.parse().context("parsing the config file")?;
+    let mut found = false;
+    if let Some(arr) = doc.get_mut("connections").and_then(|i| i.as_array_of_tables_mut()) {
+        let before = arr.len();
+        arr.retain(|c| c.get("name").and_then(|n| n.as_str()) != Some(name));
+        found = arr.len() != before;
+    }
+    let new_text = doc.to_string();
+    let loaded = LoadedConfig::from_bytes(config, new_text.as_bytes())?;
+    let vault = state::open_vault(&loaded.config)?;
+    let vaulted = vault.remove(name)?;
+    if !found && !vaulted {
+        bail!("no connection named {name:?}");
+    }
+    crate::tls::write_private(config, new_text.as_bytes())?;
+    eprintln!("connection {name:?} removed");
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Show the newest records.
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        n: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new records.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::load(config)?;
+    let path = loaded.config.audit_path();
+    if !path.exists() {
+        bail!("no audit store at {}", path.display());
+    }
+    let reader = AuditReader::open(&path)?;
+    match cmd {
+        AuditCommand::Tail { n, json, follow } => {
+            let mut last = 0;
+            for r in reader.tail(n)? {
+                last = r.seq;
+                print_record(&r, json);
+            }
+            while follow {
+                std::thread::sleep(Duration::from_millis(200));
+                for r in reader.after(last, 1000)? {
+                    last = r.seq;
+                    print_record(&r, json);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_record(r: &gatehouse_audit::StoredRecord, json: bool) {
+    let v = r.to_json();
+    if json {
+        println!("{v}");
+        return;
+    }
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    let mut line = format!("{:>6} {} {:<16} {:<10} {:<8}", r.seq, s("time"), s("event"), s("username"), s("connection"));
+    for k in ["decision", "sqlstate", "reason", "statement"] {
+        let val = s(k);
+        if !val.is_empty() {
+            line.push_str(&format!(" {k}={val}"));
+        }
+    }
+    if let Some(rows) = v.get("rows").and_then(|x| x.as_i64()) {
+        line.push_str(&format!(" rows={rows}"));
+    }
+    println!("{line}");
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration file and print its hash.
+    Check,
+}
+
+pub fn config(config: &Path, cmd: ConfigCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCommand::Check => {
+            let loaded = LoadedConfig::load(config)?;
+            for l in &loaded.config.listeners {
+                if let (Some(c), Some(k)) = (&l.tls_cert, &l.tls_key) {
+                    for p in [c, k] {
+                        if !p.exists() {
+                            bail!("listener {:?}: {} does not exist", l.name, p.display());
+                        }
+                    }
+                }
+            }
+            state::build_verifier(&loaded.config)?;
+            println!("ok {}", loaded.hash);
+            Ok(())
+        }
+    }
+}

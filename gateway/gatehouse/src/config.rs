@@ -1,0 +1,438 @@
+//! The configuration file: parsed into types that cannot hold invalid states, unknown keys
+//! rejected, everything validated before a port is bound. See `docs/configuration.md`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub connections: Vec<ConnectionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default = "default_gateway_name")]
+    pub name: String,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+fn default_gateway_name() -> String {
+    "gatehouse".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub protocol: ListenerProtocol,
+    pub bind: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub dangerous_allow_plaintext_on_loopback: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh_min_interval_seconds: u64,
+    #[serde(default = "default_max_age")]
+    pub jwks_max_age_seconds: u64,
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    #[serde(default)]
+    pub dev_issuer: DevIssuerConfig,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            leeway_seconds: default_leeway(),
+            jwks_refresh_min_interval_seconds: default_refresh(),
+            jwks_max_age_seconds: default_max_age(),
+            issuers: Vec::new(),
+            dev_issuer: DevIssuerConfig::default(),
+        }
+    }
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+fn default_refresh() -> u64 {
+    10
+}
+fn default_max_age() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub audience: Vec<String>,
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_username_claim() -> String {
+    "sub".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_email_claim() -> String {
+    "email".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevIssuerConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_dev_audience")]
+    pub audience: String,
+}
+
+impl Default for DevIssuerConfig {
+    fn default() -> Self {
+        DevIssuerConfig {
+            enabled: false,
+            audience: default_dev_audience(),
+        }
+    }
+}
+
+fn default_dev_audience() -> String {
+    "gatehouse".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub synchronous: AuditSynchronous,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSynchronous {
+    #[default]
+    Normal,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionKind {
+    Postgres,
+}
+
+/// TLS toward an upstream.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    /// Verify the certificate chain and the host name.
+    #[default]
+    VerifyFull,
+    /// Encrypt, verify nothing.
+    Require,
+    /// No TLS.
+    Disable,
+}
+
+impl UpstreamTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamTls::VerifyFull => "verify-full",
+            UpstreamTls::Require => "require",
+            UpstreamTls::Disable => "disable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    pub name: String,
+    pub kind: ConnectionKind,
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub database: String,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// A validated configuration with the hash of the file it came from (CM-2).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub path: PathBuf,
+    /// Hex SHA-256 of the file bytes.
+    pub hash: String,
+}
+
+impl LoadedConfig {
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(path, &bytes)
+    }
+
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<LoadedConfig, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+            path: path.to_owned(),
+            message: "not UTF-8".into(),
+        })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes));
+        Ok(LoadedConfig {
+            config,
+            path: path.to_owned(),
+            hash,
+        })
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), String> {
+        if !valid_name(&self.gateway.name) {
+            return Err(format!(
+                "gateway.name {:?}: use 1-63 letters, digits, '_', '-', '.'",
+                self.gateway.name
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for l in &self.listeners {
+            if !valid_name(&l.name) {
+                return Err(format!("listeners: invalid name {:?}", l.name));
+            }
+            if !seen.insert(&l.name) {
+                return Err(format!("listeners: duplicate name {:?}", l.name));
+            }
+            if l.tls_cert.is_some() != l.tls_key.is_some() {
+                return Err(format!(
+                    "listener {:?}: tls_cert and tls_key go together",
+                    l.name
+                ));
+            }
+            if l.dangerous_allow_plaintext_on_loopback && !l.bind.ip().is_loopback() {
+                return Err(format!(
+                    "listener {:?}: dangerous_allow_plaintext_on_loopback needs a loopback bind address, not {}",
+                    l.name, l.bind
+                ));
+            }
+        }
+        let binds: std::collections::HashSet<_> = self.listeners.iter().map(|l| l.bind).collect();
+        if binds.len() != self.listeners.len() {
+            return Err("listeners: two listeners bind the same address".into());
+        }
+        let mut issuers = std::collections::HashSet::new();
+        for i in &self.identity.issuers {
+            if !issuers.insert(&i.issuer) {
+                return Err(format!("identity.issuers: duplicate issuer {:?}", i.issuer));
+            }
+            if i.audience.is_empty() || i.audience.iter().any(|a| a.is_empty()) {
+                return Err(format!(
+                    "identity issuer {:?}: audience must list at least one non-empty value",
+                    i.issuer
+                ));
+            }
+            for (k, v) in [
+                ("username_claim", &i.username_claim),
+                ("groups_claim", &i.groups_claim),
+                ("email_claim", &i.email_claim),
+            ] {
+                if v.is_empty() {
+                    return Err(format!("identity issuer {:?}: {k} is empty", i.issuer));
+                }
+            }
+        }
+        if self.identity.leeway_seconds > 300 {
+            return Err("identity.leeway_seconds: at most 300".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.connections {
+            if !valid_name(&c.name) {
+                return Err(format!("connections: invalid name {:?}", c.name));
+            }
+            if !names.insert(&c.name) {
+                return Err(format!("connections: duplicate name {:?}", c.name));
+            }
+            if c.host.is_empty() || c.database.is_empty() {
+                return Err(format!(
+                    "connection {:?}: host and database are required",
+                    c.name
+                ));
+            }
+            if c.port == 0 {
+                return Err(format!("connection {:?}: port 0", c.name));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
+        self.connections.iter().find(|c| c.name == name)
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit
+            .path
+            .clone()
+            .unwrap_or_else(|| self.gateway.data_dir.join("audit.db"))
+    }
+
+    pub fn vault_path(&self) -> PathBuf {
+        self.gateway.data_dir.join("vault.bin")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.gateway.data_dir.join("keys")
+    }
+
+    pub fn dev_issuer_dir(&self) -> PathBuf {
+        self.gateway.data_dir.join("dev-issuer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn load(s: &str) -> Result<LoadedConfig, ConfigError> {
+        LoadedConfig::from_bytes(Path::new("t.toml"), s.as_bytes())
+    }
+
+    const BASE: &str = r#"
+[gateway]
+data_dir = "/tmp/x"
+[[listeners]]
+name = "pg"
+protocol = "postgres"
+bind = "127.0.0.1:6432"
+[[connections]]
+name = "app"
+kind = "postgres"
+host = "db"
+database = "app"
+tags = { environment = "production" }
+"#;
+
+    #[test]
+    fn base_config_loads_with_defaults() {
+        let c = load(BASE).unwrap();
+        let conn = c.config.connection("app").unwrap();
+        assert_eq!(conn.port, 5432);
+        assert_eq!(conn.tls, UpstreamTls::VerifyFull);
+        assert_eq!(conn.tags["environment"], "production");
+        assert_eq!(c.config.gateway.name, "gatehouse");
+        assert_eq!(c.hash.len(), 64);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = load(&BASE.replace("host = \"db\"", "host = \"db\"\nhots = 1")).unwrap_err();
+        assert!(e.to_string().contains("hots"), "{e}");
+        let e = load(&format!("{BASE}\n[masking]\nx = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("masking"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback() {
+        let s = BASE.replace(
+            "bind = \"127.0.0.1:6432\"",
+            "bind = \"0.0.0.0:6432\"\ndangerous_allow_plaintext_on_loopback = true",
+        );
+        let e = load(&s).unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn duplicates_and_bad_values_are_errors() {
+        let dup = format!(
+            "{BASE}\n[[connections]]\nname = \"app\"\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\n"
+        );
+        assert!(load(&dup).unwrap_err().to_string().contains("duplicate"));
+        assert!(load(&BASE.replace("kind = \"postgres\"", "kind = \"mysql\"")).is_err());
+        let tls = BASE.replace("database = \"app\"", "database = \"app\"\ntls = \"allow\"");
+        assert!(load(&tls).is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! `gatehouse`: the access gateway binary. One binary, several subcommands: `serve` runs the
+//! gateway; the others manage connections, tokens and the audit trail, or start a demo.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod config;
+mod demo;
+mod pg;
+mod serve;
+mod state;
+mod tls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, about = "Access gateway for AI agents")]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEHOUSE_CONFIG",
+        default_value = "/etc/gatehouse/gatehouse.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or SIGINT.
+    Serve,
+    /// Start a throwaway PostgreSQL and a gateway in front of it, and print how to connect.
+    Demo(demo::DemoArgs),
+    /// Mint a token from the built-in development issuer.
+    Token(cli::TokenArgs),
+    /// Manage upstream connections and their vaulted credentials.
+    #[command(subcommand)]
+    Connection(cli::ConnectionCommand),
+    /// Read the audit trail.
+    #[command(subcommand)]
+    Audit(cli::AuditCommand),
+    /// Validate the configuration.
+    #[command(subcommand)]
+    Config(cli::ConfigCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve => serve::main(&cli.config),
+        Command::Demo(args) => demo::main(args),
+        Command::Token(args) => cli::token(&cli.config, args),
+        Command::Connection(cmd) => cli::connection(&cli.config, cmd),
+        Command::Audit(cmd) => cli::audit(&cli.config, cmd),
+        Command::Config(cmd) => cli::config(&cli.config, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

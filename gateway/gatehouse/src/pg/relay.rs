@@ -1,0 +1,443 @@
+//! The audited relay. Two directions run concurrently:
+//!
+//! - client → upstream: split the byte stream into messages; for every statement that will
+//!   run (Query, Execute, FunctionCall) build an audit record; commit the records (one group
+//!   commit per read) and only then forward the bytes. If the audit store refuses, nothing of
+//!   that read is forwarded and the session ends with SQLSTATE 58030 (fail closed).
+//! - upstream → client: forward bytes as they come, reading only message headers and the few
+//!   small messages that carry outcomes (CommandComplete, ErrorResponse, ReadyForQuery), so
+//!   each audited statement gets a `statement.result` record with its SQLSTATE and row count.
+//!
+//! Large DataRow and CopyData messages are streamed through without being buffered whole.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Buf as _, BytesMut};
+use gatehouse_audit::{Decision, EventKind, Record, Seq};
+use gatehouse_pgwire::{
+    command_tag_rows, decode_command_complete, decode_error_fields, peek_header, Frame,
+    FrontendMessage, HEADER_LEN, PQ_LARGE_MESSAGE_LIMIT,
+};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::error::SessionError;
+use super::session::{ClientStream, SessionInfo};
+use super::upstream::UpstreamStream;
+use crate::state::Gateway;
+
+/// Largest client message Gatehouse reads whole (Query, Parse, Bind ...). PostgreSQL itself
+/// allows up to 1 GiB; a statement text beyond this is refused with 08P01.
+pub const MAX_INSPECTED_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// Totals for the session record.
+#[derive(Debug, Default, Clone)]
+pub struct SessionStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub rows: u64,
+    pub statements: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A simple Query: done at ReadyForQuery.
+    Simple,
+    /// An Execute: done at CommandComplete / EmptyQueryResponse / PortalSuspended / error.
+    Execute,
+    /// A Sync or FunctionCall without a statement: a ReadyForQuery boundary.
+    Boundary,
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: Kind,
+    seq: Seq,
+    started: Instant,
+    rows: u64,
+    sqlstate: Option<String>,
+    done: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: VecDeque<Pending>,
+    stats: SessionStats,
+}
+
+impl Shared {
+    /// The statement the next response belongs to: the first unfinished entry before the
+    /// next ReadyForQuery boundary.
+    fn current(&mut self) -> Option<&mut Pending> {
+        for p in self.pending.iter_mut() {
+            match p.kind {
+                Kind::Boundary => return None,
+                Kind::Simple => return Some(p),
+                Kind::Execute if !p.done => return Some(p),
+                Kind::Execute => {}
+            }
+        }
+        None
+    }
+}
+
+/// Statement text and parameter count of a prepared statement or portal.
+#[derive(Debug, Clone)]
+struct Prepared {
+    sql: Arc<str>,
+    statement: Arc<str>,
+    param_count: i64,
+}
+
+#[derive(Debug, Default)]
+struct ClientState {
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, Prepared>,
+}
+
+pub async fn run(
+    gw: &Arc<Gateway>,
+    info: &SessionInfo,
+    client: &mut ClientStream,
+    upstream: UpstreamStream,
+    leftover: BytesMut,
+) -> Result<SessionStats, (SessionStats, SessionError)> {
+    let shared = Mutex::new(Shared::default());
+    let (crd, cwr) = tokio::io::split(client);
+    let (urd, uwr) = tokio::io::split(upstream);
+    let result = {
+        let c2u = client_to_upstream(gw, info, crd, uwr, leftover, &shared);
+        let u2c = upstream_to_client(gw, info, urd, cwr, &shared);
+        tokio::pin!(c2u, u2c);
+        tokio::select! {
+            r = &mut c2u => r,
+            r = &mut u2c => r,
+        }
+    };
+    let shared = shared.into_inner().unwrap_or_else(|p| p.into_inner());
+    // Statements still waiting for an outcome when the session ended.
+    for p in shared.pending.iter().filter(|p| p.kind != Kind::Boundary && !p.done) {
+        let mut r = result_record(gw, info, p);
+        r.reason = Some("session ended before the statement completed".into());
+        let _ = gw.audit.append_nowait(r);
+    }
+    match result {
+        Ok(()) => Ok(shared.stats),
+        Err(e) => Err((shared.stats, e)),
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn client_to_upstream<R, W>(
+    gw: &Gateway,
+    info: &SessionInfo,
+    mut rd: R,
+    mut wr: W,
+    mut buf: BytesMut,
+    shared: &Mutex<Shared>,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut st = ClientState::default();
+    // Bytes of a streamed CopyData message still to pass through.
+    let mut streaming = 0usize;
+    let mut records: Vec<Record> = Vec::new();
+    let mut pending: Vec<(Kind, Option<usize>)> = Vec::new();
+    loop {
+        let mut pos = 0usize;
+        let mut terminate = false;
+        if streaming > 0 {
+            let take = streaming.min(buf.len());
+            pos = take;
+            streaming -= take;
+        }
+        while streaming == 0 {
+            let Some(h) = peek_header(&buf[pos..], MAX_INSPECTED_MESSAGE)? else {
+                break;
+            };
+            let avail = buf.len() - pos;
+            if avail < h.total_len {
+                if h.tag == b'd' {
+                    streaming = h.total_len - avail;
+                    pos = buf.len();
+                } else {
+                    buf.reserve(h.total_len - avail);
+                }
+                break;
+            }
+            let frame = Frame {
+                tag: h.tag,
+                body: &buf[pos + HEADER_LEN..pos + h.total_len],
+            };
+            inspect(&mut st, gw, info, frame, &mut records, &mut pending)?;
+            pos += h.total_len;
+            if h.tag == b'X' {
+                terminate = true;
+                break;
+            }
+        }
+        if pos > 0 {
+            let seqs = if records.is_empty() {
+                Vec::new()
+            } else {
+                let batch = std::mem::take(&mut records);
+                gw.audit
+                    .append_batch(batch)
+                    .await
+                    .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?
+            };
+            if !pending.is_empty() {
+                let now = Instant::now();
+                let mut s = lock(shared);
+                for (kind, rec) in pending.drain(..) {
+                    let seq = rec.and_then(|i| seqs.get(i).copied()).unwrap_or(0);
+                    if kind != Kind::Boundary {
+                        s.stats.statements += 1;
+                    }
+                    s.pending.push_back(Pending { kind, seq, started: now, rows: 0, sqlstate: None, done: false });
+                }
+            }
+            wr.write_all(&buf[..pos]).await.map_err(|_| SessionError::UpstreamLost)?;
+            lock(shared).stats.bytes_in += pos as u64;
+            buf.advance(pos);
+            if terminate {
+                let _ = wr.flush().await;
+                return Ok(());
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        if rd.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Looks at one client message; statements that will run get an audit record.
+fn inspect(
+    st: &mut ClientState,
+    gw: &Gateway,
+    info: &SessionInfo,
+    frame: Frame<'_>,
+    records: &mut Vec<Record>,
+    pending: &mut Vec<(Kind, Option<usize>)>,
+) -> Result<(), SessionError> {
+    match FrontendMessage::decode(frame)? {
+        FrontendMessage::Query { sql } => {
+            let mut r = statement_record(gw, info, "simple");
+            r.statement = Some(sql.to_owned());
+            pending.push((Kind::Simple, Some(records.len())));
+            records.push(r);
+        }
+        FrontendMessage::Parse { statement, sql, param_types } => {
+            st.statements.insert(
+                statement.to_owned(),
+                Prepared { sql: sql.into(), statement: statement.into(), param_count: param_types.len() as i64 },
+            );
+        }
+        FrontendMessage::Bind { portal, statement, param_count } => {
+            // An unknown statement name makes the server fail the Bind; record what we know.
+            let p = st.statements.get(statement).cloned().unwrap_or_else(|| Prepared {
+                sql: "".into(),
+                statement: statement.into(),
+                param_count: 0,
+            });
+            st.portals.insert(portal.to_owned(), Prepared { param_count: i64::from(param_count), ..p });
+        }
+        FrontendMessage::Execute { portal, .. } => {
+            let mut r = statement_record(gw, info, "extended");
+            if let Some(p) = st.portals.get(portal) {
+                r.statement = Some(p.sql.to_string());
+                r.statement_name = (!p.statement.is_empty()).then(|| p.statement.to_string());
+                r.param_count = Some(p.param_count);
+            } else {
+                r.reason = Some(format!("execute of unknown portal {portal:?}"));
+            }
+            pending.push((Kind::Execute, Some(records.len())));
+            records.push(r);
+        }
+        FrontendMessage::Close { kind, name } => {
+            if kind == b'S' {
+                st.statements.remove(name);
+            } else {
+                st.portals.remove(name);
+            }
+        }
+        FrontendMessage::Sync => pending.push((Kind::Boundary, None)),
+        FrontendMessage::FunctionCall { oid } => {
+            let mut r = statement_record(gw, info, "function-call");
+            r.statement = Some(format!("fast-path function call, oid {oid}"));
+            pending.push((Kind::Simple, Some(records.len())));
+            records.push(r);
+        }
+        FrontendMessage::Describe { .. }
+        | FrontendMessage::Flush
+        | FrontendMessage::Terminate
+        | FrontendMessage::CopyData
+        | FrontendMessage::CopyDone
+        | FrontendMessage::CopyFail { .. } => {}
+        FrontendMessage::Password { .. } => return Err(SessionError::UnexpectedStartupMessage),
+    }
+    Ok(())
+}
+
+fn statement_record(gw: &Gateway, info: &SessionInfo, protocol: &str) -> Record {
+    let mut r = info.record(gw, EventKind::Statement);
+    r.protocol = Some(protocol.to_owned());
+    r.decision = Some(Decision::Allow);
+    r
+}
+
+fn result_record(gw: &Gateway, info: &SessionInfo, p: &Pending) -> Record {
+    let mut r = info.record(gw, EventKind::StatementResult);
+    r.ref_seq = Some(p.seq);
+    r.rows = Some(p.rows as i64);
+    r.sqlstate = Some(p.sqlstate.clone().unwrap_or_else(|| "00000".into()));
+    r.duration_us = Some(p.started.elapsed().as_micros() as i64);
+    r
+}
+
+async fn upstream_to_client<R, W>(
+    gw: &Gateway,
+    info: &SessionInfo,
+    mut rd: R,
+    mut wr: W,
+    shared: &Mutex<Shared>,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut streaming = 0usize;
+    let mut done: Vec<Record> = Vec::new();
+    loop {
+        if buf.capacity() - buf.len() < 8192 {
+            buf.reserve(64 * 1024);
+        }
+        let n = rd.read_buf(&mut buf).await.map_err(|_| SessionError::UpstreamLost)?;
+        if n == 0 {
+            return Err(SessionError::UpstreamLost);
+        }
+        let mut pos = 0usize;
+        let mut rows = 0u64;
+        if streaming > 0 {
+            let take = streaming.min(buf.len());
+            pos = take;
+            streaming -= take;
+        }
+        while streaming == 0 {
+            let h = peek_header(&buf[pos..], PQ_LARGE_MESSAGE_LIMIT)
+                .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+            let Some(h) = h else { break };
+            let avail = buf.len() - pos;
+            if avail < h.total_len {
+                if h.tag == b'D' || h.tag == b'd' {
+                    rows += u64::from(h.tag == b'D');
+                    streaming = h.total_len - avail;
+                    pos = buf.len();
+                } else {
+                    buf.reserve(h.total_len - avail);
+                }
+                break;
+            }
+            let body = &buf[pos + HEADER_LEN..pos + h.total_len];
+            match h.tag {
+                b'D' => rows += 1,
+                b'C' | b'E' | b'Z' | b'I' | b's' => {
+                    let mut s = lock(shared);
+                    s.stats.rows += rows;
+                    rows = 0;
+                    outcome(gw, info, &mut s, h.tag, body, &mut done)?;
+                }
+                _ => {}
+            }
+            pos += h.total_len;
+        }
+        if rows > 0 {
+            lock(shared).stats.rows += rows;
+        }
+        for r in done.drain(..) {
+            gw.audit
+                .append_nowait(r)
+                .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?;
+        }
+        if pos > 0 {
+            wr.write_all(&buf[..pos]).await?;
+            lock(shared).stats.bytes_out += pos as u64;
+            buf.advance(pos);
+        }
+    }
+}
+
+/// Applies one outcome message to the pending statements.
+fn outcome(
+    gw: &Gateway,
+    info: &SessionInfo,
+    s: &mut Shared,
+    tag: u8,
+    body: &[u8],
+    done: &mut Vec<Record>,
+) -> Result<(), SessionError> {
+    let bad = |e: gatehouse_pgwire::ProtocolError| SessionError::UpstreamProtocol(e.to_string());
+    match tag {
+        b'C' => {
+            let n = command_tag_rows(decode_command_complete(body).map_err(bad)?);
+            if let Some(p) = s.current() {
+                // A simple Query may hold several statements: their counts add up.
+                p.rows += n.unwrap_or(0);
+                if p.kind == Kind::Execute {
+                    p.done = true;
+                    done.push(result_record(gw, info, p));
+                }
+            }
+        }
+        b'I' | b's' => {
+            if let Some(p) = s.current() {
+                if p.kind == Kind::Execute {
+                    p.done = true;
+                    done.push(result_record(gw, info, p));
+                }
+            }
+        }
+        b'E' => {
+            let f = decode_error_fields(body).map_err(bad)?;
+            if let Some(p) = s.current() {
+                if p.sqlstate.is_none() {
+                    p.sqlstate = f.code.map(str::to_owned);
+                }
+                if p.kind == Kind::Execute {
+                    p.done = true;
+                    done.push(result_record(gw, info, p));
+                }
+            }
+        }
+        b'Z' => {
+            while let Some(p) = s.pending.pop_front() {
+                match p.kind {
+                    Kind::Boundary => break,
+                    Kind::Simple => {
+                        done.push(result_record(gw, info, &p));
+                        break;
+                    }
+                    Kind::Execute if !p.done => {
+                        let mut r = result_record(gw, info, &p);
+                        r.sqlstate = None;
+                        r.reason = Some("not executed: an earlier message in the batch failed".into());
+                        done.push(r);
+                    }
+                    Kind::Execute => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! `gatehouse serve`: validate the config, open the stores, bind the listeners, accept
+//! sessions until SIGTERM/SIGINT; SIGHUP reloads the config (a bad file keeps the old one).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use gatehouse_audit::EventKind;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{LoadedConfig, LogFormat};
+use crate::pg::session::{self, ListenerCtx};
+use crate::state::Gateway;
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub fn main(config_path: &Path) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::load(config_path)?;
+    init_logging(loaded.config.gateway.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gatehouse")
+        .build()?;
+    rt.block_on(async move {
+        let (gw, listeners) = prepare(loaded).await?;
+        run(gw, listeners, shutdown_signal()).await
+    })
+}
+
+/// Everything that can fail before a port is bound, then the binds.
+pub async fn prepare(loaded: LoadedConfig) -> anyhow::Result<(Arc<Gateway>, Vec<(TcpListener, Arc<ListenerCtx>)>)> {
+    let config = loaded.config.clone();
+    if config.listeners.is_empty() {
+        anyhow::bail!("no listeners configured");
+    }
+    let gw = Arc::new(Gateway::open(loaded)?);
+    let mut ctxs = Vec::new();
+    for l in &config.listeners {
+        match l.protocol {
+            crate::config::ListenerProtocol::Postgres => {}
+        }
+        let tls = crate::tls::server_config(l, &config.gateway.data_dir)
+            .with_context(|| format!("listener {:?}: TLS", l.name))?;
+        if l.dangerous_allow_plaintext_on_loopback {
+            tracing::warn!(listener = %l.name, "DANGEROUS: tokens accepted without TLS on this loopback listener (development only)");
+        }
+        ctxs.push((
+            l,
+            Arc::new(ListenerCtx {
+                name: l.name.clone(),
+                tls: Some(TlsAcceptor::from(tls)),
+                allow_plaintext: l.dangerous_allow_plaintext_on_loopback,
+            }),
+        ));
+    }
+    for (i, ok) in gw.verifier.load().prefetch().await {
+        if let Err(e) = ok {
+            tracing::warn!(issuer = %i, error = %e.reason(), "identity provider not reachable yet; logins through it fail until it is");
+        }
+    }
+    let mut bound = Vec::new();
+    for (l, ctx) in ctxs {
+        let listener = TcpListener::bind(l.bind)
+            .await
+            .with_context(|| format!("listener {:?}: binding {}", l.name, l.bind))?;
+        tracing::info!(listener = %l.name, addr = %listener.local_addr()?, "listening (postgres)");
+        bound.push((listener, ctx));
+    }
+    Ok((gw, bound))
+}
+
+pub async fn run(
+    gw: Arc<Gateway>,
+    listeners: Vec<(TcpListener, Arc<ListenerCtx>)>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let hash = gw.config.load().hash.clone();
+    let mut start = gw.record(EventKind::GatewayStart);
+    start.config_hash = Some(hash.clone());
+    start.reason = Some(format!("gatehouse {} started; key store: {}", env!("CARGO_PKG_VERSION"), gw.keys.backend()));
+    gw.audit.append(start).await.context("audit store refused the start record")?;
+    let mut cfg = gw.record(EventKind::ConfigLoaded);
+    cfg.config_hash = Some(hash);
+    gw.audit.append(cfg).await.context("audit store refused the config record")?;
+
+    let mut tasks = Vec::new();
+    for (listener, ctx) in listeners {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, peer)) => {
+                        tokio::spawn(session::handle(gw.clone(), ctx.clone(), tcp, peer));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let reload = tokio::spawn(reload_on_hup(gw.clone()));
+    shutdown.await;
+    tracing::info!("shutting down");
+    for t in tasks {
+        t.abort();
+    }
+    reload.abort();
+    let stop = gw.record(EventKind::GatewayStop);
+    if let Err(e) = gw.audit.append(stop).await {
+        tracing::error!(error = %e, "could not record the stop");
+    }
+    gw.audit.flush().await.context("flushing the audit store")?;
+    Ok(())
+}
+
+async fn reload_on_hup(gw: Arc<Gateway>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match gw.reload() {
+            Ok(hash) => {
+                tracing::info!(config_hash = %hash, "configuration reloaded");
+                let mut r = gw.record(EventKind::ConfigLoaded);
+                r.config_hash = Some(hash);
+                if let Err(e) = gw.audit.append(r).await {
+                    tracing::error!(error = %e, "could not record the reload");
+                }
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "configuration reload refused; the running configuration stays in force"),
+        }
+    }
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,126 @@
+//! Everything a running gateway shares between sessions, built once from a validated config.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use gatehouse_audit::{AuditStore, EventKind, Record, StoreOptions, Synchronous};
+use gatehouse_board::{KeyStore, SoftwareKeyStore};
+use gatehouse_identity::{DevIssuer, Verifier, VerifierOptions};
+use gatehouse_vault::Vault;
+
+use crate::config::{AuditSynchronous, Config, LoadedConfig};
+use crate::pg::cancel::CancelRegistry;
+
+/// Shared state of a running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: ArcSwap<LoadedConfig>,
+    pub verifier: ArcSwap<Verifier>,
+    pub vault: Vault,
+    pub audit: AuditStore,
+    pub cancels: Arc<CancelRegistry>,
+    pub keys: Arc<dyn KeyStore>,
+}
+
+impl Gateway {
+    pub fn open(loaded: LoadedConfig) -> anyhow::Result<Gateway> {
+        let config = &loaded.config;
+        std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
+            format!(
+                "creating data dir {}",
+                config.gateway.data_dir.to_string_lossy()
+            )
+        })?;
+        let keys = open_keys(config)?;
+        let vault = Vault::open(&config.vault_path(), keys.clone()).context("opening the vault")?;
+        let verifier = build_verifier(config)?;
+        let opts = StoreOptions {
+            synchronous: match config.audit.synchronous {
+                AuditSynchronous::Normal => Synchronous::Normal,
+                AuditSynchronous::Full => Synchronous::Full,
+            },
+            ..StoreOptions::default()
+        };
+        let audit = AuditStore::open(&config.audit_path(), opts).context("opening the audit store")?;
+        Ok(Gateway {
+            config: ArcSwap::from_pointee(loaded),
+            verifier: ArcSwap::from_pointee(verifier),
+            vault,
+            audit,
+            cancels: Arc::new(CancelRegistry::default()),
+            keys,
+        })
+    }
+
+    pub fn name(&self) -> String {
+        self.config.load().config.gateway.name.clone()
+    }
+
+    /// A record stamped with the current time and this gateway's name.
+    pub fn record(&self, event: EventKind) -> Record {
+        Record::new(event, &self.name(), now_us())
+    }
+
+    /// Re-reads the config file; on any error the running config stays in force.
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let path = self.config.load().path.clone();
+        let loaded = LoadedConfig::load(&path)?;
+        let verifier = build_verifier(&loaded.config)?;
+        let hash = loaded.hash.clone();
+        self.verifier.store(Arc::new(verifier));
+        self.config.store(Arc::new(loaded));
+        Ok(hash)
+    }
+}
+
+pub fn open_keys(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
+    let ks = SoftwareKeyStore::open_or_create(&config.keys_dir()).context("opening the key store")?;
+    Ok(Arc::new(ks))
+}
+
+pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
+    let keys = open_keys(config)?;
+    Vault::open(&config.vault_path(), keys).context("opening the vault")
+}
+
+pub fn dev_issuer(config: &Config) -> anyhow::Result<DevIssuer> {
+    DevIssuer::load_or_create(&config.dev_issuer_dir(), &config.identity.dev_issuer.audience)
+        .context("opening the development issuer key")
+}
+
+pub fn build_verifier(config: &Config) -> anyhow::Result<Verifier> {
+    let issuers = config
+        .identity
+        .issuers
+        .iter()
+        .map(|i| gatehouse_identity::IssuerConfig {
+            issuer: i.issuer.clone(),
+            audience: i.audience.clone(),
+            username_claim: i.username_claim.clone(),
+            groups_claim: i.groups_claim.clone(),
+            email_claim: i.email_claim.clone(),
+            ca_file: i.ca_file.clone(),
+        })
+        .collect();
+    let dev = if config.identity.dev_issuer.enabled {
+        Some(dev_issuer(config)?)
+    } else {
+        None
+    };
+    let opts = VerifierOptions {
+        leeway: Duration::from_secs(config.identity.leeway_seconds),
+        refresh_min_interval: Duration::from_secs(config.identity.jwks_refresh_min_interval_seconds),
+        jwks_max_age: Duration::from_secs(config.identity.jwks_max_age_seconds),
+        ..VerifierOptions::default()
+    };
+    Verifier::new(issuers, dev, opts).context("identity configuration")
+}
+
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
