@@ -38,15 +38,18 @@ def test_connect_and_identity(aconn):
 def test_simple_protocol_multi_statement(aconn):
     cur = psycopg.ClientCursor(aconn)
     cur.execute("SELECT 1 AS a; SELECT 'x' AS b, 2 AS c")
-    # psycopg returns the last result of a multi-statement simple query
+    # both results of the multi-statement simple query arrive
+    assert cur.fetchall() == [(1,)]
+    assert cur.nextset()
     assert cur.fetchall() == [("x", 2)]
+    assert not cur.nextset()
     cur.execute("SELECT %s::int + %s::int", (2, 3))  # parameters merged client side
     assert cur.fetchone() == (5,)
 
 
 def test_extended_protocol_parameters(aconn):
     row = aconn.execute(
-        "SELECT %s::int + 1, %s::text || '!', %s::numeric * 2, %s::date, %s IS NULL",
+        "SELECT %s::int + 1, %s::text || '!', %s::numeric * 2, %s::date, %s::text IS NULL",
         (41, "hello", decimal.Decimal("1.25"), dt.date(2024, 2, 29), None),
     ).fetchone()
     assert row == (42, "hello!", decimal.Decimal("2.50"), dt.date(2024, 2, 29), True)

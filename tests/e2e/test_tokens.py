@@ -37,7 +37,10 @@ def assert_refused(gw, user, token, *, classes=("28",), dbname="app"):
     assert res.error.get("S") == "FATAL" or res.error.get("V") == "FATAL", res.error
     assert res.sqlstate[:2] in classes or res.sqlstate in classes, res.error
     msg = " ".join(res.error.values())
-    assert token not in msg and token.split(".")[-1] not in msg, "error message echoes the token"
+    assert token not in msg, "error message echoes the token"
+    for part in token.split("."):
+        if len(part) >= 16:
+            assert part not in msg, "error message echoes part of the token"
     # and a real client library gets a clean error too
     with pytest.raises(psycopg.OperationalError) as ei:
         gw.connect(user, token, dbname=dbname).close()
@@ -47,7 +50,9 @@ def assert_refused(gw, user, token, *, classes=("28",), dbname="app"):
     assert fails, f"no login.failure audit record; got {[r['event'] for r in recs]}"
     for f in fails:
         assert f.get("reason"), f
-        assert token not in str(f), "audit record contains the token"
+        for part in token.split("."):
+            if len(part) >= 16:
+                assert part not in json.dumps(f), "audit record contains (part of) the token"
         assert f.get("decision", "deny") == "deny"
     return res, fails
 

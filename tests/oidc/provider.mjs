@@ -66,6 +66,7 @@ const provider = new Provider(issuer, {
     redirect_uris: [],
     response_types: [],
     token_endpoint_auth_method: 'client_secret_post',
+    id_token_signed_response_alg: alg,
     scope: 'db',
   })),
   scopes: ['openid', 'db'],

@@ -249,7 +249,10 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 last = r.seq;
                 print_record(&r, json);
             }
-            while follow {
+            if !follow {
+                return Ok(());
+            }
+            loop {
                 std::thread::sleep(Duration::from_millis(200));
                 for r in reader.after(last, 1000)? {
                     last = r.seq;
@@ -258,7 +261,6 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 fn print_record(r: &gatehouse_audit::StoredRecord, json: bool) {

@@ -127,7 +127,6 @@ impl RemoteIssuer {
                 };
             }
         }
-        state.last_attempt = Some(Instant::now());
 
         let agent = self.agent.clone();
         let issuer = self.config.issuer.clone();
@@ -144,6 +143,9 @@ impl RemoteIssuer {
         })
         .await
         .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
+        // Recorded when the attempt completes: a login cancelled mid-fetch (client gone) leaves
+        // no attempt behind, so the next waiter fetches instead of being rate-limited.
+        state.last_attempt = Some(Instant::now());
 
         match fetched {
             Ok((keys, jwks_uri)) => {

@@ -52,11 +52,7 @@ impl Idp {
 
     /// `suffix` is appended to `http://127.0.0.1:PORT` to form the issuer (e.g. "/"); with
     /// `tls`, the server speaks https.
-    fn start_with(
-        keys: &[&TestKey],
-        suffix: &str,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Idp {
+    fn start_with(keys: &[&TestKey], suffix: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Idp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let base = format!("{scheme}://{}", listener.local_addr().unwrap());
@@ -893,6 +889,12 @@ async fn groups_may_be_an_array_a_string_or_absent() {
 // Configuration.
 
 #[test]
+fn verifier_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Verifier>();
+}
+
+#[test]
 fn issuer_urls_are_checked() {
     let opts = VerifierOptions::default();
     let build = |issuer: &str| {
@@ -985,6 +987,59 @@ fn ca_file_must_hold_a_certificate() {
         cert.to_str().unwrap(),
     ]);
     with_ca(&cert).unwrap();
+}
+
+/// A test CA (PEM) and a rustls server config whose certificate for 127.0.0.1 it signed.
+fn tls_material() -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "gatehouse test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
+    (ca_cert.pem(), Arc::new(config))
+}
+
+#[tokio::test]
+async fn https_issuer_is_trusted_through_its_ca_file() {
+    let key = ec_key("ec-1");
+    let (ca_pem, server) = tls_material();
+    let idp = Idp::start_with(&[&key], "", Some(server));
+    assert!(idp.issuer.starts_with("https://127.0.0.1:"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+
+    let mut cfg = IssuerConfig::new(&idp.issuer, vec![AUD.to_owned()]);
+    cfg.ca_file = Some(ca_file);
+    let v = verifier_for(cfg, options(Duration::from_secs(10)));
+    let token = sign(&key, &claims(&idp.issuer));
+    v.verify(&token, now()).await.unwrap();
+    assert_eq!((idp.hits(DISCOVERY), idp.hits(JWKS)), (1, 1));
+
+    // With the built-in web PKI roots the test CA is not trusted: no request gets through.
+    let v = verifier(&idp, options(Duration::from_secs(10)));
+    let err = v.verify(&token, now()).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(idp.hits(DISCOVERY), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
