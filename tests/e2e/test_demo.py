@@ -5,16 +5,23 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from harness import gatehouse_bin, port_is_listening
 
 
-def test_demo(tmp_path):
-    demo_dir = tmp_path / "demo"
+def test_demo():
+    # As root the demo runs PostgreSQL as the `postgres` user, which must be able to reach the
+    # directory (pytest's tmp_path lives under a 0700 directory).
+    parent = Path(tempfile.mkdtemp(prefix="gh-demo-"))
+    os.chmod(parent, 0o755)
+    demo_dir = parent / "demo"
     proc = subprocess.Popen([gatehouse_bin(), "demo", "--dir", str(demo_dir)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                             start_new_session=False)
@@ -57,6 +64,7 @@ def test_demo(tmp_path):
             proc.kill()
             proc.wait()
             raise AssertionError("demo did not stop on SIGTERM")
+    shutil.rmtree(parent, ignore_errors=True)
     if port:
         time.sleep(0.2)
         assert not port_is_listening(port), "demo gateway still listening after SIGTERM"

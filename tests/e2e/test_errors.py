@@ -64,12 +64,12 @@ def test_garbage_before_tls(gw, oidc):
 def test_random_bytes(gw, oidc):
     for n in (1, 7, 64, 4096):
         with socket.create_connection((gw.host, gw.port), timeout=5) as s:
-            s.sendall(os.urandom(n))
-            s.shutdown(socket.SHUT_WR)
             try:
+                s.sendall(os.urandom(n))
+                s.shutdown(socket.SHUT_WR)
                 while s.recv(4096):
                     pass
-            except (socket.timeout, ConnectionResetError):
+            except OSError:  # the gateway may close first: fine, it must just not die or hang
                 pass
     assert_healthy(gw, oidc)
 
@@ -220,11 +220,22 @@ def test_plaintext_opt_in_on_loopback(gatehouse, oidc):
         assert c.execute("SELECT 1").fetchone() == (1,)
 
 
+def list_connections(gw) -> list[dict]:
+    """`connection list --json`: a JSON array, or one JSON object per line."""
+    out = gw.cli("connection", "list", "--json").stdout.strip()
+    try:
+        parsed = json.loads(out)
+        if isinstance(parsed, list):
+            return parsed
+        return [parsed] if "name" in parsed else parsed["connections"]
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
 def test_connection_cli(gatehouse, pg):
     gw = gatehouse(start=False)
     gw.connection_add("second", port=pg.port, password="irrelevant-pw-1", tags={"environment": "prod", "team": "x"})
-    listed = json.loads(gw.cli("connection", "list", "--json").stdout)
-    items = listed if isinstance(listed, list) else listed.get("connections", listed)
+    items = listed = list_connections(gw)
     names = {c["name"] for c in items}
     assert {"app", "second"} <= names
     assert "irrelevant-pw-1" not in json.dumps(listed)
@@ -232,14 +243,12 @@ def test_connection_cli(gatehouse, pg):
     assert 'name = "second"' in gw.config.read_text()
     # adding an existing name replaces it (one entry, new settings)
     gw.connection_add("second", port=pg.port + 1, password="irrelevant-pw-2")
-    listed = json.loads(gw.cli("connection", "list", "--json").stdout)
-    items = listed if isinstance(listed, list) else listed.get("connections", listed)
+    items = listed = list_connections(gw)
     assert [c["name"] for c in items].count("second") == 1
     assert gw.config.read_text().count('name = "second"') == 1
     assert "irrelevant-pw-2" not in json.dumps(listed) + gw.config.read_text()
     gw.cli("connection", "remove", "second")
-    listed = json.loads(gw.cli("connection", "list", "--json").stdout)
-    items = listed if isinstance(listed, list) else listed.get("connections", listed)
+    items = listed = list_connections(gw)
     assert {c["name"] for c in items} == {"app"}
     assert gw.cli("config", "check").returncode == 0
 

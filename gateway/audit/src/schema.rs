@@ -50,10 +50,6 @@ CREATE TABLE IF NOT EXISTS records (
     prev_hash      BLOB NOT NULL,
     hash           BLOB NOT NULL
 ) STRICT;
-CREATE INDEX IF NOT EXISTS records_time_us ON records (time_us);
-CREATE INDEX IF NOT EXISTS records_username ON records (username);
-CREATE INDEX IF NOT EXISTS records_connection ON records (connection);
-CREATE INDEX IF NOT EXISTS records_event ON records (event);
 "#;
 
 /// Every column, in the order `row_to_stored` reads them.
@@ -69,7 +65,7 @@ const INSERT: &str = r#"INSERT INTO records (seq, time_us, event, gateway, liste
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
     ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"#;
 
-/// Creates the table and indexes if missing and checks the schema version.
+/// Creates the table if missing and checks the schema version.
 pub(crate) fn ensure_schema(conn: &mut Connection) -> Result<(), AuditError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;

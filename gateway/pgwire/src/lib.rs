@@ -21,6 +21,8 @@ mod frame;
 mod frontend;
 mod startup;
 
+pub mod fuzzing;
+
 pub use backend::*;
 pub use frame::*;
 pub use frontend::*;
