@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Side-by-side PostgreSQL benchmark: direct vs pgbouncer (session mode) vs Gatehouse.
 #
-# Usage: bench/pg-compare.sh [--quick] [--targets LIST] [--duration SECONDS] [--no-bulk] [--keep]
+# Usage: bench/pg-compare.sh [--quick] [--targets LIST] [--workloads LIST] [--duration SECONDS] [--no-bulk] [--keep]
 #
 #   --quick            5 s per measured run instead of 20 s (1 s warm-ups)
 #   --targets LIST     comma-separated subset of: direct,pgbouncer,gatehouse,gatehouse+tls
 #                      (default: all four). Gatehouse is only built/started if a gatehouse target is listed.
+#   --workloads LIST   comma-separated subset of: select-simple,select-extended,select-prepared,tpcb-simple
+#                      (default: all; "none" runs only the bulk fetch)
 #   --duration N       seconds per measured pgbench run (overrides --quick)
 #   --no-bulk          skip the 1,000,000-row bulk-fetch measurements
 #   --keep             keep the temporary directory (logs, pgbench logs) for inspection
@@ -24,6 +26,7 @@ REPO="$(cd "$BENCH_DIR/.." && pwd)"
 
 QUICK=0
 TARGETS_ARG="direct,pgbouncer,gatehouse,gatehouse+tls"
+WORKLOADS_ARG="all"
 DURATION=""
 DO_BULK=1
 KEEP=0
@@ -32,11 +35,13 @@ while [[ $# -gt 0 ]]; do
         --quick) QUICK=1 ;;
         --targets) TARGETS_ARG="${2:?--targets needs a value}"; shift ;;
         --targets=*) TARGETS_ARG="${1#*=}" ;;
+        --workloads) WORKLOADS_ARG="${2:?--workloads needs a value}"; shift ;;
+        --workloads=*) WORKLOADS_ARG="${1#*=}" ;;
         --duration) DURATION="${2:?--duration needs a value}"; shift ;;
         --duration=*) DURATION="${1#*=}" ;;
         --no-bulk) DO_BULK=0 ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "pg-compare: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -67,7 +72,17 @@ has_target() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 NEED_GH=0; { has_target gatehouse || has_target gatehouse+tls; } && NEED_GH=1
 
 # workload name -> pgbench arguments
-WORKLOADS=(select-simple select-extended select-prepared tpcb-simple)
+ALL_WORKLOADS=(select-simple select-extended select-prepared tpcb-simple)
+WORKLOADS=()
+if [[ "$WORKLOADS_ARG" == all ]]; then
+    WORKLOADS=("${ALL_WORKLOADS[@]}")
+elif [[ "$WORKLOADS_ARG" != none ]]; then
+    IFS=',' read -r -a _req <<<"$WORKLOADS_ARG"
+    for r in "${_req[@]}"; do
+        [[ " ${ALL_WORKLOADS[*]} " == *" $r "* ]] || { echo "pg-compare: unknown workload '$r' (known: ${ALL_WORKLOADS[*]})" >&2; exit 2; }
+        WORKLOADS+=("$r")
+    done
+fi
 declare -A WL_ARGS=(
     [select-simple]="-S -M simple"
     [select-extended]="-S -M extended"
@@ -150,6 +165,13 @@ for _ in range(int(sys.argv[1])):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 for s in socks: s.close()
+PY
+}
+audit_seq() { # sqlite path -> highest audit record id ("-" if unreadable)
+    python3 - "$1" <<'PY' 2>/dev/null || echo -
+import sqlite3, sys
+c = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True, timeout=5)
+print(c.execute("SELECT coalesce(max(rowid), 0) FROM records").fetchone()[0])
 PY
 }
 randpw() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
@@ -309,6 +331,7 @@ fi
 # --------------------------------------------------------------------------------------------
 if [[ $NEED_GH == 1 ]]; then
     GH_DIR="$TMP/gatehouse"
+    GH_AUDIT_DB="$GH_DIR/data/audit.db"
     GH_CFG="$GH_DIR/gatehouse.toml"
     mkdir -p "$GH_DIR/data"
     chmod 700 "$GH_DIR" "$GH_DIR/data"
@@ -388,7 +411,7 @@ fi
 # --------------------------------------------------------------------------------------------
 # 5./6. pgbench runs, interleaved per workload
 # --------------------------------------------------------------------------------------------
-RESULTS="$TMP/results.tsv"      # target workload tps tx failed p50_us p99_us lat_avg_ms cpu_us_per_tx
+RESULTS="$TMP/results.tsv"      # target workload tps tx failed p50_us p99_us lat_avg_ms cpu_us_per_tx audit_rec_per_tx
 BULK_RESULTS="$TMP/bulk.tsv"    # target method bytes best_s
 : >"$RESULTS"; : >"$BULK_RESULTS"
 mkdir -p "$TMP/pgbench-logs"
@@ -435,10 +458,18 @@ for wl in "${WORKLOADS[@]}"; do
         prefix="$TMP/pgbench-logs/$t-$wl"
         pid="${T_PID[$t]}"
         before=""; [[ -n "$pid" ]] && before="$(proc_ticks "$pid")"
+        audit_before="-"; [[ "$t" == gatehouse* ]] && audit_before="$(audit_seq "$GH_AUDIT_DB")"
         rc=0
         run_as_target "$t" pgbench -n "${wl_args[@]}" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
             -l --log-prefix="$prefix" >"$prefix.out" 2>&1 || rc=$?
         after=""; [[ -n "$pid" ]] && after="$(proc_ticks "$pid")"
+        audit_per_tx="-"
+        if [[ "$t" == gatehouse* && "$audit_before" != - ]]; then
+            sleep 0.5   # let the gateway finish writing session-end records
+            audit_after="$(audit_seq "$GH_AUDIT_DB")"
+            [[ "$audit_after" != - ]] && audit_per_tx="$(awk -v a="$audit_before" -v b="$audit_after" -v n="$tx" \
+                'BEGIN { printf "%.2f", (b - a) / n }')"
+        fi
         if [[ $rc -ne 0 ]]; then cat "$prefix.out" >&2; die "pgbench $t/$wl failed (exit $rc)"; fi
         tps="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$prefix.out" | head -n1)"
         tx="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$prefix.out" | head -n1)"
@@ -450,9 +481,9 @@ for wl in "${WORKLOADS[@]}"; do
         if [[ -n "$pid" && "$tx" -gt 0 ]]; then
             cpu="$(awk -v d=$(( after - before )) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')"
         fi
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$wl" "$tps" "$tx" "${failed:-0}" "$p50" "$p99" \
-            "${lat_avg:--}" "$cpu" >>"$RESULTS"
-        log "[$RUN_NO/$TOTAL_RUNS] $wl via $t: tps=$tps p50=${p50}us p99=${p99}us proxy cpu/tx=${cpu}us (logged $nlogged tx)"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$wl" "$tps" "$tx" "${failed:-0}" "$p50" "$p99" \
+            "${lat_avg:--}" "$cpu" "$audit_per_tx" >>"$RESULTS"
+        log "[$RUN_NO/$TOTAL_RUNS] $wl via $t: tps=$tps p50=${p50}us p99=${p99}us proxy cpu/tx=${cpu}us audit rec/tx=$audit_per_tx (logged $nlogged tx)"
         rm -f "$prefix".[0-9]*   # per-transaction logs can be large
     done
 done
@@ -494,6 +525,10 @@ fi
 # --------------------------------------------------------------------------------------------
 GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit')"
 GIT_DIRTY="$(git -C "$REPO" status --porcelain 2>/dev/null | wc -l | tr -d ' ')"
+GH_AUDIT_INFO="-"
+if [[ $NEED_GH == 1 && -f "$GH_AUDIT_DB" ]]; then
+    GH_AUDIT_INFO="$(audit_seq "$GH_AUDIT_DB") records, $(( $(cat "$GH_AUDIT_DB" "$GH_AUDIT_DB"-wal 2>/dev/null | wc -c) / 1000000 )) MB (db + wal)"
+fi
 CPU_MODEL="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
 mkdir -p "$BENCH_DIR/results"
 REPORT="$BENCH_DIR/results/latest.md"
@@ -511,8 +546,12 @@ print("- command: \`${ORIG_CMD}\`")
 print("- pgbench: scale ${SCALE}, -c ${CLIENTS} -j ${JOBS} -T ${DURATION} (warm-up ${WARMUP} s per run), targets interleaved per workload; all processes on 127.0.0.1 sharing the same CPUs")
 print("- latency percentiles from pgbench -l per-transaction logs; proxy CPU = utime+stime of the proxy process (all threads) over the measured run / transactions")
 print()
-print("| target | workload | TPS | vs pgbouncer | vs direct | p50 ms | p99 ms | proxy CPU µs/tx |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+print("- audit rec/tx: gatehouse audit records written during the measured run (incl. connection start/end records) / transactions")
+print("- gatehouse audit store at the end: ${GH_AUDIT_INFO}")
+print()
+if rows:
+  print("| target | workload | TPS | vs pgbouncer | vs direct | p50 ms | p99 ms | proxy CPU µs/tx | audit rec/tx |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 tps = {(r[0], r[1]): float(r[2]) for r in rows}
 def ratio(a, b):
     return "%.2f" % (a / b) if b else "-"
@@ -528,7 +567,7 @@ for wl in order:
         vb = ratio(v, tps[("pgbouncer", wl)]) if ("pgbouncer", wl) in tps else "-"
         vd = ratio(v, tps[("direct", wl)]) if ("direct", wl) in tps else "-"
         fail = "" if r[4] in ("0", "") else " (%s failed)" % r[4]
-        print("| %s | %s | %.0f%s | %s | %s | %s | %s | %s |" % (t, wl, v, fail, vb, vd, ms(r[5]), ms(r[6]), r[8]))
+        print("| %s | %s | %.0f%s | %s | %s | %s | %s | %s | %s |" % (t, wl, v, fail, vb, vd, ms(r[5]), ms(r[6]), r[8], r[9]))
 if bulk:
     print()
     print("Bulk fetch of ${BULK_ROWS} rows (\`psql\` output to /dev/null, best of ${BULK_REPEAT}; MB = 10^6 bytes):")

@@ -35,7 +35,12 @@ pub fn token(config: &Path, args: TokenArgs) -> anyhow::Result<()> {
     let issuer = state::dev_issuer(&loaded.config)?;
     let groups: Vec<String> = args.groups.into_iter().filter(|g| !g.is_empty()).collect();
     let t = issuer
-        .mint(&args.user, &groups, Duration::from_secs(args.ttl_seconds), SystemTime::now())
+        .mint(
+            &args.user,
+            &groups,
+            Duration::from_secs(args.ttl_seconds),
+            SystemTime::now(),
+        )
         .context("minting a token")?;
     println!("{t}");
     Ok(())
@@ -106,10 +111,15 @@ pub fn connection(config: &Path, cmd: ConnectionCommand) -> anyhow::Result<()> {
 
 fn read_password(env: Option<&str>) -> anyhow::Result<Secret> {
     let pw = match env {
-        Some(var) => std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?,
+        Some(var) => {
+            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?
+        }
         None => {
             let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the password from stdin")?;
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
@@ -120,7 +130,8 @@ fn read_password(env: Option<&str>) -> anyhow::Result<Secret> {
 }
 
 fn add_connection(config: &Path, a: AddArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let mut doc: toml_edit::DocumentMut = text.parse().context("parsing the config file")?;
     let mut t = toml_edit::Table::new();
     t["name"] = toml_edit::value(a.name.clone());
@@ -135,7 +146,9 @@ fn add_connection(config: &Path, a: AddArgs) -> anyhow::Result<()> {
     if !a.tags.is_empty() {
         let mut tags = toml_edit::InlineTable::new();
         for kv in &a.tags {
-            let (k, v) = kv.split_once('=').with_context(|| format!("--tag {kv:?}: use key=value"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--tag {kv:?}: use key=value"))?;
             tags.insert(k, v.into());
         }
         t["tags"] = toml_edit::value(tags);
@@ -145,7 +158,9 @@ fn add_connection(config: &Path, a: AddArgs) -> anyhow::Result<()> {
         .or_insert_with(|| toml_edit::Item::ArrayOfTables(toml_edit::ArrayOfTables::new()))
         .as_array_of_tables_mut()
         .context("`connections` in the config file is not an array of tables")?;
-    let existing = arr.iter().position(|c| c.get("name").and_then(|n| n.as_str()) == Some(a.name.as_str()));
+    let existing = arr
+        .iter()
+        .position(|c| c.get("name").and_then(|n| n.as_str()) == Some(a.name.as_str()));
     match existing {
         Some(i) => {
             if let Some(old) = arr.get_mut(i) {
@@ -160,7 +175,13 @@ fn add_connection(config: &Path, a: AddArgs) -> anyhow::Result<()> {
     let password = read_password(a.password_env.as_deref())?;
     let vault = state::open_vault(&loaded.config)?;
     vault
-        .put(&a.name, &Credential { user: a.user.clone(), password })
+        .put(
+            &a.name,
+            &Credential {
+                user: a.user.clone(),
+                password,
+            },
+        )
         .context("storing the credential")?;
     crate::tls::write_private(config, new_text.as_bytes()).context("writing the config file")?;
     eprintln!(
@@ -200,10 +221,14 @@ fn list_connections(config: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 fn remove_connection(config: &Path, name: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let mut doc: toml_edit::DocumentMut = text.parse().context("parsing the config file")?;
     let mut found = false;
-    if let Some(arr) = doc.get_mut("connections").and_then(|i| i.as_array_of_tables_mut()) {
+    if let Some(arr) = doc
+        .get_mut("connections")
+        .and_then(|i| i.as_array_of_tables_mut())
+    {
         let before = arr.len();
         arr.retain(|c| c.get("name").and_then(|n| n.as_str()) != Some(name));
         found = arr.len() != before;
@@ -270,7 +295,14 @@ fn print_record(r: &gatehouse_audit::StoredRecord, json: bool) {
         return;
     }
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
-    let mut line = format!("{:>6} {} {:<16} {:<10} {:<8}", r.seq, s("time"), s("event"), s("username"), s("connection"));
+    let mut line = format!(
+        "{:>6} {} {:<16} {:<10} {:<8}",
+        r.seq,
+        s("time"),
+        s("event"),
+        s("username"),
+        s("connection")
+    );
     for k in ["decision", "sqlstate", "reason", "statement"] {
         let val = s(k);
         if !val.is_empty() {

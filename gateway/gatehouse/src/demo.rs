@@ -56,7 +56,10 @@ fn run_pg(bin: &Path, args: &[&str], as_user: Option<&str>) -> anyhow::Result<St
         }
         None => Command::new(bin),
     };
-    let out = cmd.args(args).output().with_context(|| format!("running {}", bin.display()))?;
+    let out = cmd
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
         bail!(
             "{} failed: {}",
@@ -68,13 +71,19 @@ fn run_pg(bin: &Path, args: &[&str], as_user: Option<&str>) -> anyhow::Result<St
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -96,7 +105,11 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&pgdata)?;
         std::fs::create_dir_all(&sock)?;
         if let Some(u) = owner {
-            let st = Command::new("chown").args(["-R", u]).arg(&pgdata).arg(&sock).status()?;
+            let st = Command::new("chown")
+                .args(["-R", u])
+                .arg(&pgdata)
+                .arg(&sock)
+                .status()?;
             if !st.success() {
                 bail!("chown to {u} failed (is the postgresql package installed?)");
             }
@@ -124,10 +137,23 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
     );
     run_pg(
         &bindir.join("pg_ctl"),
-        &["-D", &pgdata.to_string_lossy(), "-l", &sock.join("postgres.log").to_string_lossy(), "-o", &opts, "-w", "start"],
+        &[
+            "-D",
+            &pgdata.to_string_lossy(),
+            "-l",
+            &sock.join("postgres.log").to_string_lossy(),
+            "-o",
+            &opts,
+            "-w",
+            "start",
+        ],
         owner,
     )?;
-    let stop = PgGuard { bindir: bindir.clone(), pgdata: pgdata.clone(), owner };
+    let stop = PgGuard {
+        bindir: bindir.clone(),
+        pgdata: pgdata.clone(),
+        owner,
+    };
 
     let app_password = format!("demo-{}", random_token(16));
     let psql = bindir.join("psql");
@@ -137,22 +163,70 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
     );
     let host = sock.to_string_lossy().into_owned();
     let port = pg_port.to_string();
-    run_pg(&psql, &["-X", "-q", "-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", &sql], owner)?;
+    run_pg(
+        &psql,
+        &[
+            "-X", "-q", "-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", &sql,
+        ],
+        owner,
+    )?;
     let exists = run_pg(
         &psql,
-        &["-X", "-At", "-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", "SELECT 1 FROM pg_database WHERE datname = 'demo'"],
+        &[
+            "-X",
+            "-At",
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            "SELECT 1 FROM pg_database WHERE datname = 'demo'",
+        ],
         owner,
     )?;
     if exists.trim() != "1" {
-        run_pg(&psql, &["-X", "-q", "-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", "CREATE DATABASE demo OWNER demo_app"], owner)?;
         run_pg(
             &psql,
-            &["-X", "-q", "-h", &host, "-p", &port, "-U", "demo_app", "-d", "demo", "-c",
-              "CREATE TABLE customers (id serial PRIMARY KEY, name text, email text, city text);
+            &[
+                "-X",
+                "-q",
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE demo OWNER demo_app",
+            ],
+            owner,
+        )?;
+        run_pg(
+            &psql,
+            &[
+                "-X",
+                "-q",
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "-U",
+                "demo_app",
+                "-d",
+                "demo",
+                "-c",
+                "CREATE TABLE customers (id serial PRIMARY KEY, name text, email text, city text);
                INSERT INTO customers (name, email, city) VALUES
                ('Ada Lovelace', 'ada@example.com', 'London'),
                ('Grace Hopper', 'grace@example.com', 'Arlington'),
-               ('Alan Turing', 'alan@example.com', 'Wilmslow');"],
+               ('Alan Turing', 'alan@example.com', 'Wilmslow');",
+            ],
             owner,
         )?;
     }
@@ -188,7 +262,13 @@ tags = {{ environment = "development" }}
     std::fs::write(&config_path, &config_text)?;
     let loaded = LoadedConfig::load(&config_path)?;
     let vault = crate::state::open_vault(&loaded.config)?;
-    vault.put("demo", &Credential { user: "demo_app".into(), password: Secret::new(app_password) })?;
+    vault.put(
+        "demo",
+        &Credential {
+            user: "demo_app".into(),
+            password: Secret::new(app_password),
+        },
+    )?;
     let token = crate::state::dev_issuer(&loaded.config)?.mint(
         &args.user,
         &["dba".to_string()],
@@ -196,7 +276,9 @@ tags = {{ environment = "development" }}
         SystemTime::now(),
     )?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async move {
         let (gw, listeners) = crate::serve::prepare(loaded).await?;
         let addr = listeners.first().map(|(l, _)| l.local_addr()).transpose()?.context("no listener")?;
@@ -233,6 +315,10 @@ struct PgGuard {
 
 impl Drop for PgGuard {
     fn drop(&mut self) {
-        let _ = run_pg(&self.bindir.join("pg_ctl"), &["-D", &self.pgdata.to_string_lossy(), "-m", "fast", "stop"], self.owner);
+        let _ = run_pg(
+            &self.bindir.join("pg_ctl"),
+            &["-D", &self.pgdata.to_string_lossy(), "-m", "fast", "stop"],
+            self.owner,
+        );
     }
 }

@@ -17,7 +17,11 @@ use crate::state::Gateway;
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -38,7 +42,9 @@ pub fn main(config_path: &Path) -> anyhow::Result<()> {
 }
 
 /// Everything that can fail before a port is bound, then the binds.
-pub async fn prepare(loaded: LoadedConfig) -> anyhow::Result<(Arc<Gateway>, Vec<(TcpListener, Arc<ListenerCtx>)>)> {
+pub async fn prepare(
+    loaded: LoadedConfig,
+) -> anyhow::Result<(Arc<Gateway>, Vec<(TcpListener, Arc<ListenerCtx>)>)> {
     let config = loaded.config.clone();
     if config.listeners.is_empty() {
         anyhow::bail!("no listeners configured");
@@ -87,11 +93,21 @@ pub async fn run(
     let hash = gw.config.load().hash.clone();
     let mut start = gw.record(EventKind::GatewayStart);
     start.config_hash = Some(hash.clone());
-    start.reason = Some(format!("gatehouse {} started; key store: {}", env!("CARGO_PKG_VERSION"), gw.keys.backend()));
-    gw.audit.append(start).await.context("audit store refused the start record")?;
+    start.reason = Some(format!(
+        "gatehouse {} started; key store: {}",
+        env!("CARGO_PKG_VERSION"),
+        gw.keys.backend()
+    ));
+    gw.audit
+        .append(start)
+        .await
+        .context("audit store refused the start record")?;
     let mut cfg = gw.record(EventKind::ConfigLoaded);
     cfg.config_hash = Some(hash);
-    gw.audit.append(cfg).await.context("audit store refused the config record")?;
+    gw.audit
+        .append(cfg)
+        .await
+        .context("audit store refused the config record")?;
 
     let mut tasks = Vec::new();
     for (listener, ctx) in listeners {
@@ -140,7 +156,9 @@ async fn reload_on_hup(gw: Arc<Gateway>) {
                     tracing::error!(error = %e, "could not record the reload");
                 }
             }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "configuration reload refused; the running configuration stays in force"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "configuration reload refused; the running configuration stays in force")
+            }
         }
     }
 }

@@ -43,7 +43,8 @@ impl Gateway {
             },
             ..StoreOptions::default()
         };
-        let audit = AuditStore::open(&config.audit_path(), opts).context("opening the audit store")?;
+        let audit =
+            AuditStore::open(&config.audit_path(), opts).context("opening the audit store")?;
         Ok(Gateway {
             config: ArcSwap::from_pointee(loaded),
             verifier: ArcSwap::from_pointee(verifier),
@@ -76,7 +77,8 @@ impl Gateway {
 }
 
 pub fn open_keys(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
-    let ks = SoftwareKeyStore::open_or_create(&config.keys_dir()).context("opening the key store")?;
+    let ks =
+        SoftwareKeyStore::open_or_create(&config.keys_dir()).context("opening the key store")?;
     Ok(Arc::new(ks))
 }
 
@@ -86,8 +88,11 @@ pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
 }
 
 pub fn dev_issuer(config: &Config) -> anyhow::Result<DevIssuer> {
-    DevIssuer::load_or_create(&config.dev_issuer_dir(), &config.identity.dev_issuer.audience)
-        .context("opening the development issuer key")
+    DevIssuer::load_or_create(
+        &config.dev_issuer_dir(),
+        &config.identity.dev_issuer.audience,
+    )
+    .context("opening the development issuer key")
 }
 
 pub fn build_verifier(config: &Config) -> anyhow::Result<Verifier> {
@@ -111,7 +116,9 @@ pub fn build_verifier(config: &Config) -> anyhow::Result<Verifier> {
     };
     let opts = VerifierOptions {
         leeway: Duration::from_secs(config.identity.leeway_seconds),
-        refresh_min_interval: Duration::from_secs(config.identity.jwks_refresh_min_interval_seconds),
+        refresh_min_interval: Duration::from_secs(
+            config.identity.jwks_refresh_min_interval_seconds,
+        ),
         jwks_max_age: Duration::from_secs(config.identity.jwks_max_age_seconds),
         ..VerifierOptions::default()
     };

@@ -18,7 +18,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The listener's TLS server config.
-pub fn server_config(listener: &ListenerConfig, data_dir: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+pub fn server_config(
+    listener: &ListenerConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<ServerConfig>> {
     let (cert_path, key_path) = match (&listener.tls_cert, &listener.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => ensure_self_signed(&data_dir.join("tls"))?,
@@ -44,7 +47,8 @@ fn ensure_self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     let host = hostname();
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), host];
-    let signed = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+    let signed = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed certificate")?;
     write_private(&key, signed.signing_key.serialize_pem().as_bytes())?;
     std::fs::write(&cert, signed.cert.pem())?;
     tracing::warn!(cert = %cert.display(), "generated a self-signed TLS certificate; configure tls_cert/tls_key for production");
@@ -146,7 +150,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -155,7 +164,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

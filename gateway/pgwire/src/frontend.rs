@@ -118,7 +118,11 @@ impl<'a> FrontendMessage<'a> {
                 FrontendMessage::Execute { portal, max_rows }
             }
             b'D' | b'C' => {
-                let what = if frame.tag == b'D' { "Describe" } else { "Close" };
+                let what = if frame.tag == b'D' {
+                    "Describe"
+                } else {
+                    "Close"
+                };
                 let mut r = Reader::new(body, what);
                 let kind = r.u8()?;
                 if kind != b'S' && kind != b'P' {

@@ -15,7 +15,11 @@ pub fn startup(data: &[u8]) {
     if let Ok(Some((StartupPacket::Startup(m), n))) = decode_startup(data) {
         assert!(n <= data.len());
         if m.minor == 0 {
-            let params: Vec<(&str, &str)> = m.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let params: Vec<(&str, &str)> = m
+                .params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             let mut out = BytesMut::new();
             encode_startup(&mut out, &params);
             let again = decode_startup(&out);
@@ -56,7 +60,11 @@ pub fn backend(data: &[u8]) {
                 if let Ok((k, v)) = decode_parameter_status(f.body) {
                     let mut out = BytesMut::new();
                     encode_parameter_status(&mut out, k, v);
-                    assert_eq!(&out[..], &rest[..f.wire_len()], "parameter status round trip");
+                    assert_eq!(
+                        &out[..],
+                        &rest[..f.wire_len()],
+                        "parameter status round trip"
+                    );
                 }
             }
             _ => {}

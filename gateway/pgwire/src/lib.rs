@@ -123,7 +123,11 @@ pub(crate) fn put_cstr(out: &mut bytes::BytesMut, s: &str) {
 }
 
 /// Appends a typed message: tag, then a length that counts itself and the body written by `body`.
-pub(crate) fn put_typed(out: &mut bytes::BytesMut, tag: u8, body: impl FnOnce(&mut bytes::BytesMut)) {
+pub(crate) fn put_typed(
+    out: &mut bytes::BytesMut,
+    tag: u8,
+    body: impl FnOnce(&mut bytes::BytesMut),
+) {
     out.extend_from_slice(&[tag, 0, 0, 0, 0]);
     let start = out.len() - 4;
     body(out);

@@ -39,7 +39,10 @@ impl CancelRegistry {
         map.insert(process_id, (secret, target));
         (
             CancelKey { process_id, secret },
-            CancelGuard { registry: self.clone(), process_id },
+            CancelGuard {
+                registry: self.clone(),
+                process_id,
+            },
         )
     }
 
@@ -79,20 +82,29 @@ mod tests {
     use super::*;
 
     fn conn() -> Arc<ConnectionConfig> {
-        let c: crate::config::ConnectionConfig = toml::from_str(
-            "name = \"a\"\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"",
-        )
-        .unwrap();
+        let c: crate::config::ConnectionConfig =
+            toml::from_str("name = \"a\"\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"")
+                .unwrap();
         Arc::new(c)
     }
 
     #[test]
     fn lookup_needs_the_secret_and_guard_removes() {
         let reg = Arc::new(CancelRegistry::default());
-        let up = CancelKey { process_id: 10, secret: 20 };
-        let (key, guard) = reg.register(CancelTarget { upstream_key: up, connection: conn(), session_id: "s".into() });
+        let up = CancelKey {
+            process_id: 10,
+            secret: 20,
+        };
+        let (key, guard) = reg.register(CancelTarget {
+            upstream_key: up,
+            connection: conn(),
+            session_id: "s".into(),
+        });
         assert_eq!(reg.lookup(key).unwrap().upstream_key, up);
-        let wrong = CancelKey { process_id: key.process_id, secret: key.secret.wrapping_add(1) };
+        let wrong = CancelKey {
+            process_id: key.process_id,
+            secret: key.secret.wrapping_add(1),
+        };
         assert!(reg.lookup(wrong).is_none());
         drop(guard);
         assert!(reg.lookup(key).is_none());

@@ -27,7 +27,10 @@ pub enum SessionError {
     #[error("{0}")]
     Unsupported(&'static str),
     #[error("token rejected: {reason}")]
-    BadToken { reason: String, client: &'static str },
+    BadToken {
+        reason: String,
+        client: &'static str,
+    },
     #[error("identity provider unavailable: {0}")]
     IdentityUnavailable(String),
     #[error("startup user {user:?} does not match the token's identity {identity:?}")]
@@ -60,11 +63,21 @@ impl SessionError {
     pub fn kind(&self) -> ErrorKind {
         use SessionError::*;
         match self {
-            ClientProtocol(_) | UnexpectedStartupMessage | TlsRequired | Unsupported(_)
-            | BadToken { .. } | UserMismatch { .. } | MissingParameter(_)
-            | UnknownConnection(_) | Timeout | Io(_) => ErrorKind::Client,
-            IdentityUnavailable(_) | UpstreamConnect(_) | UpstreamAuth(_)
-            | UpstreamProtocol(_) | UpstreamLost => ErrorKind::Upstream,
+            ClientProtocol(_)
+            | UnexpectedStartupMessage
+            | TlsRequired
+            | Unsupported(_)
+            | BadToken { .. }
+            | UserMismatch { .. }
+            | MissingParameter(_)
+            | UnknownConnection(_)
+            | Timeout
+            | Io(_) => ErrorKind::Client,
+            IdentityUnavailable(_)
+            | UpstreamConnect(_)
+            | UpstreamAuth(_)
+            | UpstreamProtocol(_)
+            | UpstreamLost => ErrorKind::Upstream,
             NoCredential(_) | Vault(_) | AuditUnavailable(_) => ErrorKind::Internal,
         }
     }
@@ -93,11 +106,15 @@ impl SessionError {
         match self {
             ClientProtocol(e) => format!("protocol violation: {e}"),
             UnexpectedStartupMessage => "unexpected message during startup".into(),
-            TlsRequired => "Gatehouse accepts a token only over TLS: connect with sslmode=require".into(),
+            TlsRequired => {
+                "Gatehouse accepts a token only over TLS: connect with sslmode=require".into()
+            }
             Unsupported(what) => format!("not supported by Gatehouse: {what}"),
             BadToken { client, .. } => format!("authentication failed: {client}"),
             IdentityUnavailable(_) => "authentication failed: identity provider unavailable".into(),
-            UserMismatch { user, .. } => format!("authentication failed: user \"{user}\" does not match the token"),
+            UserMismatch { user, .. } => {
+                format!("authentication failed: user \"{user}\" does not match the token")
+            }
             MissingParameter(p) => format!("startup parameter \"{p}\" is required"),
             UnknownConnection(c) => format!("connection \"{c}\" does not exist"),
             NoCredential(c) => format!("connection \"{c}\" has no credential configured"),
@@ -114,7 +131,14 @@ impl SessionError {
 
     /// Encodes the FATAL ErrorResponse that ends the session.
     pub fn encode(&self, out: &mut BytesMut) {
-        encode_error(out, Severity::Fatal, self.sqlstate(), &self.client_message(), None, None);
+        encode_error(
+            out,
+            Severity::Fatal,
+            self.sqlstate(),
+            &self.client_message(),
+            None,
+            None,
+        );
     }
 }
 
@@ -127,7 +151,10 @@ mod tests {
         let e = SessionError::UpstreamConnect("db.internal.example:5432 refused".into());
         assert!(!e.client_message().contains("db.internal"));
         assert_eq!(e.sqlstate(), "08006");
-        let e = SessionError::BadToken { reason: "kid abc unknown at https://idp.internal".into(), client: "token rejected" };
+        let e = SessionError::BadToken {
+            reason: "kid abc unknown at https://idp.internal".into(),
+            client: "token rejected",
+        };
         assert!(!e.client_message().contains("idp.internal"));
         assert!(e.sqlstate().starts_with("28"));
     }

@@ -117,7 +117,11 @@ pub async fn run(
     };
     let shared = shared.into_inner().unwrap_or_else(|p| p.into_inner());
     // Statements still waiting for an outcome when the session ended.
-    for p in shared.pending.iter().filter(|p| p.kind != Kind::Boundary && !p.done) {
+    for p in shared
+        .pending
+        .iter()
+        .filter(|p| p.kind != Kind::Boundary && !p.done)
+    {
         let mut r = result_record(gw, info, p);
         r.reason = Some("session ended before the statement completed".into());
         let _ = gw.audit.append_nowait(r);
@@ -200,10 +204,19 @@ where
                     if kind != Kind::Boundary {
                         s.stats.statements += 1;
                     }
-                    s.pending.push_back(Pending { kind, seq, started: now, rows: 0, sqlstate: None, done: false });
+                    s.pending.push_back(Pending {
+                        kind,
+                        seq,
+                        started: now,
+                        rows: 0,
+                        sqlstate: None,
+                        done: false,
+                    });
                 }
             }
-            wr.write_all(&buf[..pos]).await.map_err(|_| SessionError::UpstreamLost)?;
+            wr.write_all(&buf[..pos])
+                .await
+                .map_err(|_| SessionError::UpstreamLost)?;
             lock(shared).stats.bytes_in += pos as u64;
             buf.advance(pos);
             if terminate {
@@ -236,20 +249,42 @@ fn inspect(
             pending.push((Kind::Simple, Some(records.len())));
             records.push(r);
         }
-        FrontendMessage::Parse { statement, sql, param_types } => {
+        FrontendMessage::Parse {
+            statement,
+            sql,
+            param_types,
+        } => {
             st.statements.insert(
                 statement.to_owned(),
-                Prepared { sql: sql.into(), statement: statement.into(), param_count: param_types.len() as i64 },
+                Prepared {
+                    sql: sql.into(),
+                    statement: statement.into(),
+                    param_count: param_types.len() as i64,
+                },
             );
         }
-        FrontendMessage::Bind { portal, statement, param_count } => {
+        FrontendMessage::Bind {
+            portal,
+            statement,
+            param_count,
+        } => {
             // An unknown statement name makes the server fail the Bind; record what we know.
-            let p = st.statements.get(statement).cloned().unwrap_or_else(|| Prepared {
-                sql: "".into(),
-                statement: statement.into(),
-                param_count: 0,
-            });
-            st.portals.insert(portal.to_owned(), Prepared { param_count: i64::from(param_count), ..p });
+            let p = st
+                .statements
+                .get(statement)
+                .cloned()
+                .unwrap_or_else(|| Prepared {
+                    sql: "".into(),
+                    statement: statement.into(),
+                    param_count: 0,
+                });
+            st.portals.insert(
+                portal.to_owned(),
+                Prepared {
+                    param_count: i64::from(param_count),
+                    ..p
+                },
+            );
         }
         FrontendMessage::Execute { portal, .. } => {
             let mut r = statement_record(gw, info, "extended");
@@ -322,7 +357,10 @@ where
         if buf.capacity() - buf.len() < 8192 {
             buf.reserve(64 * 1024);
         }
-        let n = rd.read_buf(&mut buf).await.map_err(|_| SessionError::UpstreamLost)?;
+        let n = rd
+            .read_buf(&mut buf)
+            .await
+            .map_err(|_| SessionError::UpstreamLost)?;
         if n == 0 {
             return Err(SessionError::UpstreamLost);
         }
@@ -430,7 +468,8 @@ fn outcome(
                     Kind::Execute if !p.done => {
                         let mut r = result_record(gw, info, &p);
                         r.sqlstate = None;
-                        r.reason = Some("not executed: an earlier message in the batch failed".into());
+                        r.reason =
+                            Some("not executed: an earlier message in the batch failed".into());
                         done.push(r);
                     }
                     Kind::Execute => {}
@@ -440,4 +479,164 @@ fn outcome(
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::config::LoadedConfig;
+    use bytes::BytesMut;
+    use gatehouse_pgwire::{encode_command_complete, encode_error, Severity};
+
+    fn gateway(dir: &std::path::Path) -> Gateway {
+        let cfg = format!(
+            "[gateway]\ndata_dir = \"{}\"\n[identity.dev_issuer]\nenabled = true\n",
+            dir.display()
+        );
+        let loaded =
+            LoadedConfig::from_bytes(std::path::Path::new("t.toml"), cfg.as_bytes()).unwrap();
+        Gateway::open(loaded).unwrap()
+    }
+
+    fn info() -> SessionInfo {
+        SessionInfo {
+            id: "s".into(),
+            listener: "l".into(),
+            source: "127.0.0.1:1".into(),
+            identity: None,
+            claimed_user: Some("alice".into()),
+            connection: Some("app".into()),
+        }
+    }
+
+    fn push(s: &mut Shared, kind: Kind, seq: Seq) {
+        s.pending.push_back(Pending {
+            kind,
+            seq,
+            started: Instant::now(),
+            rows: 0,
+            sqlstate: None,
+            done: false,
+        });
+    }
+
+    fn body(f: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        f(&mut b);
+        b[HEADER_LEN..].to_vec()
+    }
+
+    /// (ref_seq, sqlstate, rows, reason present)
+    fn summary(done: &[Record]) -> Vec<(i64, Option<String>, i64, bool)> {
+        done.iter()
+            .map(|r| {
+                (
+                    r.ref_seq.unwrap(),
+                    r.sqlstate.clone(),
+                    r.rows.unwrap(),
+                    r.reason.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simple_query_with_several_statements_sums_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = gateway(dir.path());
+        let mut s = Shared::default();
+        let mut done = Vec::new();
+        push(&mut s, Kind::Simple, 7);
+        let c1 = body(|b| encode_command_complete(b, "INSERT 0 2"));
+        let c2 = body(|b| encode_command_complete(b, "SELECT 3"));
+        outcome(&gw, &info(), &mut s, b'C', &c1, &mut done).unwrap();
+        outcome(&gw, &info(), &mut s, b'C', &c2, &mut done).unwrap();
+        assert!(done.is_empty(), "a simple query completes at ReadyForQuery");
+        outcome(&gw, &info(), &mut s, b'Z', b"I", &mut done).unwrap();
+        assert_eq!(summary(&done), vec![(7, Some("00000".into()), 5, false)]);
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn extended_error_skips_the_rest_of_the_batch_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = gateway(dir.path());
+        let mut s = Shared::default();
+        let mut done = Vec::new();
+        // [Execute 1, Execute 2, Sync] [Execute 3, Sync]
+        push(&mut s, Kind::Execute, 1);
+        push(&mut s, Kind::Execute, 2);
+        push(&mut s, Kind::Boundary, 0);
+        push(&mut s, Kind::Execute, 3);
+        push(&mut s, Kind::Boundary, 0);
+        let err =
+            body(|b| encode_error(b, Severity::Error, "22012", "division by zero", None, None));
+        let ok = body(|b| encode_command_complete(b, "SELECT 1"));
+        outcome(&gw, &info(), &mut s, b'E', &err, &mut done).unwrap();
+        // The server skips Execute 2 and answers the Sync.
+        outcome(&gw, &info(), &mut s, b'Z', b"I", &mut done).unwrap();
+        outcome(&gw, &info(), &mut s, b'C', &ok, &mut done).unwrap();
+        outcome(&gw, &info(), &mut s, b'Z', b"I", &mut done).unwrap();
+        assert_eq!(
+            summary(&done),
+            vec![
+                (1, Some("22012".into()), 0, false),
+                (2, None, 0, true),
+                (3, Some("00000".into()), 1, false),
+            ]
+        );
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn error_before_any_execute_does_not_leak_into_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = gateway(dir.path());
+        let mut s = Shared::default();
+        let mut done = Vec::new();
+        // [Parse(fails), Sync] [Execute 9, Sync]
+        push(&mut s, Kind::Boundary, 0);
+        push(&mut s, Kind::Execute, 9);
+        push(&mut s, Kind::Boundary, 0);
+        let err = body(|b| encode_error(b, Severity::Error, "42601", "syntax error", None, None));
+        outcome(&gw, &info(), &mut s, b'E', &err, &mut done).unwrap();
+        outcome(&gw, &info(), &mut s, b'Z', b"I", &mut done).unwrap();
+        assert!(done.is_empty());
+        let ok = body(|b| encode_command_complete(b, "UPDATE 4"));
+        outcome(&gw, &info(), &mut s, b'C', &ok, &mut done).unwrap();
+        outcome(&gw, &info(), &mut s, b'Z', b"I", &mut done).unwrap();
+        assert_eq!(summary(&done), vec![(9, Some("00000".into()), 4, false)]);
+    }
+
+    #[test]
+    fn inspect_records_execute_with_its_prepared_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = gateway(dir.path());
+        let mut st = ClientState::default();
+        let mut recs = Vec::new();
+        let mut pend = Vec::new();
+        let mut wire = BytesMut::new();
+        gatehouse_pgwire::encode_parse(&mut wire, "s1", "select $1::int + $2::int", &[23, 23]);
+        gatehouse_pgwire::encode_bind(&mut wire, "p1", "s1", &[Some(b"1"), Some(b"2")]);
+        gatehouse_pgwire::encode_execute(&mut wire, "p1", 0);
+        gatehouse_pgwire::encode_sync(&mut wire);
+        let mut rest = &wire[..];
+        while let Some(f) = gatehouse_pgwire::next_frame(rest, 1 << 20).unwrap() {
+            inspect(&mut st, &gw, &info(), f, &mut recs, &mut pend).unwrap();
+            rest = &rest[f.wire_len()..];
+        }
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            recs[0].statement.as_deref(),
+            Some("select $1::int + $2::int")
+        );
+        assert_eq!(recs[0].statement_name.as_deref(), Some("s1"));
+        assert_eq!(recs[0].param_count, Some(2));
+        assert_eq!(recs[0].protocol.as_deref(), Some("extended"));
+        assert_eq!(
+            pend.iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![Kind::Execute, Kind::Boundary]
+        );
+    }
 }

@@ -109,7 +109,9 @@ pub async fn handle(gw: Arc<Gateway>, lst: Arc<ListenerCtx>, tcp: TcpStream, pee
             SessionError::Io(_) | SessionError::Timeout => {
                 tracing::debug!(session = %info.id, error = %e, "session ended");
             }
-            _ => tracing::info!(session = %info.id, kind = ?e.kind(), sqlstate = e.sqlstate(), error = %e, "session failed"),
+            _ => {
+                tracing::info!(session = %info.id, kind = ?e.kind(), sqlstate = e.sqlstate(), error = %e, "session failed")
+            }
         }
         let mut out = BytesMut::new();
         e.encode(&mut out);
@@ -132,9 +134,16 @@ async fn run(
         .await
         .map_err(|_| SessionError::Timeout)??;
     let Some((startup, buf)) = startup else {
-        return Ok(()); // a cancel request, handled
+        // A cancel request, handled. Close cleanly: a TLS client (libpq 17+ cancels over TLS)
+        // treats a missing close_notify as an error.
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
+        return Ok(());
     };
-    let login = tokio::time::timeout(STARTUP_TIMEOUT, authenticate(gw, lst, client, info, &startup, buf)).await;
+    let login = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        authenticate(gw, lst, client, info, &startup, buf),
+    )
+    .await;
     let (conn, buf) = match login {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -150,7 +159,10 @@ async fn run(
     let mut rec = info.record(gw, EventKind::LoginSuccess);
     rec.decision = Some(Decision::Allow);
     rec.config_hash = Some(gw.config.load().hash.clone());
-    gw.audit.append(rec).await.map_err(|e| SessionError::AuditUnavailable(e.to_string()))?;
+    gw.audit
+        .append(rec)
+        .await
+        .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?;
 
     let cred = gw
         .vault
@@ -192,7 +204,11 @@ async fn run(
     };
     finish(gw, info, &stats, err.as_ref(), started).await;
     match err {
-        Some(e @ (SessionError::UpstreamLost | SessionError::AuditUnavailable(_) | SessionError::ClientProtocol(_))) => Err(e),
+        Some(
+            e @ (SessionError::UpstreamLost
+            | SessionError::AuditUnavailable(_)
+            | SessionError::ClientProtocol(_)),
+        ) => Err(e),
         Some(e) => {
             tracing::debug!(session = %info.id, error = %e, "session ended");
             Ok(())
@@ -201,7 +217,13 @@ async fn run(
     }
 }
 
-async fn finish(gw: &Gateway, info: &SessionInfo, stats: &SessionStats, err: Option<&SessionError>, started: Instant) {
+async fn finish(
+    gw: &Gateway,
+    info: &SessionInfo,
+    stats: &SessionStats,
+    err: Option<&SessionError>,
+    started: Instant,
+) {
     let mut rec = info.record(gw, EventKind::SessionEnd);
     rec.duration_us = Some(started.elapsed().as_micros() as i64);
     rec.bytes_in = Some(stats.bytes_in as i64);
@@ -230,7 +252,9 @@ async fn audit_login_failure(gw: &Gateway, info: &SessionInfo, e: &SessionError)
 fn forwarded_params(m: &StartupMessage) -> Vec<(String, String)> {
     m.params
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_."))
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.")
+        })
         .cloned()
         .collect()
 }
@@ -291,13 +315,20 @@ async fn negotiate(
             }
             StartupPacket::Startup(m) => {
                 info.claimed_user = m.param("user").map(str::to_owned);
-                let unrecognised: Vec<&str> = m.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
+                let unrecognised: Vec<&str> = m
+                    .params
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .filter(|k| k.starts_with("_pq_."))
+                    .collect();
                 if m.minor > 0 || !unrecognised.is_empty() {
                     let mut out = BytesMut::new();
                     encode_negotiate_protocol_version(&mut out, 0, &unrecognised);
                     client.write_all(&out).await?;
                 }
-                if m.param("replication").is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no") {
+                if m.param("replication")
+                    .is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no")
+                {
                     return Err(SessionError::Unsupported("replication connections"));
                 }
                 if !tls_done && !lst.allow_plaintext {
@@ -339,9 +370,16 @@ async fn authenticate(
     startup: &StartupMessage,
     mut buf: BytesMut,
 ) -> Result<(Arc<ConnectionConfig>, BytesMut), SessionError> {
-    let user = startup.param("user").ok_or(SessionError::MissingParameter("user"))?.to_owned();
+    let user = startup
+        .param("user")
+        .ok_or(SessionError::MissingParameter("user"))?
+        .to_owned();
     // libpq semantics: the database defaults to the user name.
-    let dbname = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    let dbname = startup
+        .param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
     info.connection = Some(dbname.clone());
 
     let mut out = BytesMut::new();
@@ -369,12 +407,18 @@ async fn authenticate(
             if e.is_unavailable() {
                 SessionError::IdentityUnavailable(e.reason())
             } else {
-                SessionError::BadToken { reason: e.reason(), client: e.client_message() }
+                SessionError::BadToken {
+                    reason: e.reason(),
+                    client: e.client_message(),
+                }
             }
         })?;
     let identity = Arc::new(identity);
     if identity.username != user {
-        let e = SessionError::UserMismatch { user, identity: identity.username.clone() };
+        let e = SessionError::UserMismatch {
+            user,
+            identity: identity.username.clone(),
+        };
         info.identity = Some(identity);
         return Err(e);
     }

@@ -38,7 +38,11 @@ fn detached() -> io::Error {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -48,7 +52,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Stream<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -69,7 +77,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stream<T> {
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -103,17 +115,26 @@ pub async fn open(conn: &ConnectionConfig) -> Result<UpstreamStream, SessionErro
     let addr = (conn.host.as_str(), conn.port);
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| SessionError::UpstreamConnect(format!("{}:{}: connect timed out", conn.host, conn.port)))?
+        .map_err(|_| {
+            SessionError::UpstreamConnect(format!("{}:{}: connect timed out", conn.host, conn.port))
+        })?
         .map_err(|e| SessionError::UpstreamConnect(format!("{}:{}: {e}", conn.host, conn.port)))?;
     let _ = tcp.set_nodelay(true);
-    let Some(tls) = crate::tls::upstream_config(conn).map_err(|e| SessionError::UpstreamConnect(format!("TLS setup: {e:#}")))? else {
+    let Some(tls) = crate::tls::upstream_config(conn)
+        .map_err(|e| SessionError::UpstreamConnect(format!("TLS setup: {e:#}")))?
+    else {
         return Ok(Stream::Plain(tcp));
     };
     let mut tcp = tcp;
     let mut b = BytesMut::new();
     encode_ssl_request(&mut b);
-    tcp.write_all(&b).await.map_err(|e| SessionError::UpstreamConnect(e.to_string()))?;
-    let answer = tcp.read_u8().await.map_err(|e| SessionError::UpstreamConnect(e.to_string()))?;
+    tcp.write_all(&b)
+        .await
+        .map_err(|e| SessionError::UpstreamConnect(e.to_string()))?;
+    let answer = tcp
+        .read_u8()
+        .await
+        .map_err(|e| SessionError::UpstreamConnect(e.to_string()))?;
     if answer != b'S' {
         return Err(SessionError::UpstreamConnect(format!(
             "{}:{} does not accept TLS (tls = \"{}\")",
@@ -122,11 +143,17 @@ pub async fn open(conn: &ConnectionConfig) -> Result<UpstreamStream, SessionErro
             conn.tls.as_str()
         )));
     }
-    let name = crate::tls::server_name(&conn.host).map_err(|e| SessionError::UpstreamConnect(format!("{e:#}")))?;
+    let name = crate::tls::server_name(&conn.host)
+        .map_err(|e| SessionError::UpstreamConnect(format!("{e:#}")))?;
     let s = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .map_err(|e| SessionError::UpstreamConnect(format!("TLS handshake with {}:{}: {e}", conn.host, conn.port)))?;
+        .map_err(|e| {
+            SessionError::UpstreamConnect(format!(
+                "TLS handshake with {}:{}: {e}",
+                conn.host, conn.port
+            ))
+        })?;
     Ok(Stream::Tls(Box::new(s)))
 }
 
@@ -149,7 +176,10 @@ async fn login(
     cred: &Credential,
     params: &[(String, String)],
 ) -> Result<Upstream, SessionError> {
-    let mut all: Vec<(&str, &str)> = vec![("user", cred.user.as_str()), ("database", conn.database.as_str())];
+    let mut all: Vec<(&str, &str)> = vec![
+        ("user", cred.user.as_str()),
+        ("database", conn.database.as_str()),
+    ];
     all.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut out = BytesMut::new();
     encode_startup(&mut out, &all);
@@ -165,7 +195,9 @@ async fn login(
         match tag {
             b'R' => {
                 let f = gatehouse_pgwire::Frame { tag, body };
-                match Authentication::decode(f).map_err(|e| SessionError::UpstreamProtocol(e.to_string()))? {
+                match Authentication::decode(f)
+                    .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?
+                {
                     Authentication::Ok => {}
                     Authentication::CleartextPassword => {
                         encode_password(&mut out, cred.password.expose());
@@ -182,30 +214,45 @@ async fn login(
                     }
                     Authentication::Sasl { mechanisms } => {
                         if !mechanisms.contains(&"SCRAM-SHA-256") {
-                            return Err(SessionError::UpstreamAuth(format!("no supported SASL mechanism in {mechanisms:?}")));
+                            return Err(SessionError::UpstreamAuth(format!(
+                                "no supported SASL mechanism in {mechanisms:?}"
+                            )));
                         }
-                        let s = ScramSha256::new(cred.password.expose().as_bytes(), ChannelBinding::unsupported());
+                        let s = ScramSha256::new(
+                            cred.password.expose().as_bytes(),
+                            ChannelBinding::unsupported(),
+                        );
                         encode_sasl_initial_response(&mut out, "SCRAM-SHA-256", s.message());
                         write(&mut stream, &mut out).await?;
                         scram = Some(s);
                     }
                     Authentication::SaslContinue { data } => {
-                        let s = scram.as_mut().ok_or_else(|| SessionError::UpstreamProtocol("SASL continue without SASL".into()))?;
-                        s.update(data).map_err(|e| SessionError::UpstreamAuth(format!("SCRAM: {e}")))?;
+                        let s = scram.as_mut().ok_or_else(|| {
+                            SessionError::UpstreamProtocol("SASL continue without SASL".into())
+                        })?;
+                        s.update(data)
+                            .map_err(|e| SessionError::UpstreamAuth(format!("SCRAM: {e}")))?;
                         encode_sasl_response(&mut out, s.message());
                         write(&mut stream, &mut out).await?;
                     }
                     Authentication::SaslFinal { data } => {
-                        let mut s = scram.take().ok_or_else(|| SessionError::UpstreamProtocol("SASL final without SASL".into()))?;
-                        s.finish(data).map_err(|e| SessionError::UpstreamAuth(format!("SCRAM server signature: {e}")))?;
+                        let mut s = scram.take().ok_or_else(|| {
+                            SessionError::UpstreamProtocol("SASL final without SASL".into())
+                        })?;
+                        s.finish(data).map_err(|e| {
+                            SessionError::UpstreamAuth(format!("SCRAM server signature: {e}"))
+                        })?;
                     }
                     Authentication::Other(code) => {
-                        return Err(SessionError::UpstreamAuth(format!("unsupported authentication method {code}")));
+                        return Err(SessionError::UpstreamAuth(format!(
+                            "unsupported authentication method {code}"
+                        )));
                     }
                 }
             }
             b'E' => {
-                let f = decode_error_fields(body).map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+                let f = decode_error_fields(body)
+                    .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
                 return Err(SessionError::UpstreamAuth(format!(
                     "{} {}",
                     f.code.unwrap_or("?????"),
@@ -213,44 +260,69 @@ async fn login(
                 )));
             }
             b'K' => {
-                key = Some(decode_backend_key_data(body).map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?);
+                key = Some(
+                    decode_backend_key_data(body)
+                        .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?,
+                );
             }
             b'S' | b'N' => tail.extend_from_slice(&frame),
             b'Z' => {
                 tail.extend_from_slice(&frame);
-                let key = key.ok_or_else(|| SessionError::UpstreamProtocol("no BackendKeyData".into()))?;
+                let key =
+                    key.ok_or_else(|| SessionError::UpstreamProtocol("no BackendKeyData".into()))?;
                 if !buf.is_empty() {
-                    return Err(SessionError::UpstreamProtocol("data after ReadyForQuery during startup".into()));
+                    return Err(SessionError::UpstreamProtocol(
+                        "data after ReadyForQuery during startup".into(),
+                    ));
                 }
                 return Ok(Upstream { stream, key, tail });
             }
             b'v' => {
-                return Err(SessionError::UpstreamProtocol("server requires protocol negotiation".into()));
+                return Err(SessionError::UpstreamProtocol(
+                    "server requires protocol negotiation".into(),
+                ));
             }
             other => {
-                return Err(SessionError::UpstreamProtocol(format!("unexpected message {:?} during startup", other as char)));
+                return Err(SessionError::UpstreamProtocol(format!(
+                    "unexpected message {:?} during startup",
+                    other as char
+                )));
             }
         }
     }
 }
 
 async fn write(stream: &mut UpstreamStream, out: &mut BytesMut) -> Result<(), SessionError> {
-    stream.write_all(out).await.map_err(|_| SessionError::UpstreamLost)?;
-    stream.flush().await.map_err(|_| SessionError::UpstreamLost)?;
+    stream
+        .write_all(out)
+        .await
+        .map_err(|_| SessionError::UpstreamLost)?;
+    stream
+        .flush()
+        .await
+        .map_err(|_| SessionError::UpstreamLost)?;
     out.clear();
     Ok(())
 }
 
 /// Reads one whole frame (header included) during startup.
-async fn read_frame(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<BytesMut, SessionError> {
+async fn read_frame(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, SessionError> {
     loop {
-        match next_frame(buf, PQ_SMALL_MESSAGE_LIMIT).map_err(|e| SessionError::UpstreamProtocol(e.to_string()))? {
+        match next_frame(buf, PQ_SMALL_MESSAGE_LIMIT)
+            .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?
+        {
             Some(f) => {
                 let n = f.wire_len();
                 return Ok(buf.split_to(n));
             }
             None => {
-                let n = stream.read_buf(buf).await.map_err(|_| SessionError::UpstreamLost)?;
+                let n = stream
+                    .read_buf(buf)
+                    .await
+                    .map_err(|_| SessionError::UpstreamLost)?;
                 if n == 0 {
                     return Err(SessionError::UpstreamLost);
                 }
@@ -264,8 +336,14 @@ pub async fn cancel(conn: Arc<ConnectionConfig>, key: CancelKey) -> Result<(), S
     let mut stream = open(&conn).await?;
     let mut b = BytesMut::new();
     gatehouse_pgwire::encode_cancel_request(&mut b, key);
-    stream.write_all(&b).await.map_err(|_| SessionError::UpstreamLost)?;
-    stream.flush().await.map_err(|_| SessionError::UpstreamLost)?;
+    stream
+        .write_all(&b)
+        .await
+        .map_err(|_| SessionError::UpstreamLost)?;
+    stream
+        .flush()
+        .await
+        .map_err(|_| SessionError::UpstreamLost)?;
     // The server closes the connection once it has read the request.
     let mut sink = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
