@@ -463,12 +463,10 @@ for wl in "${WORKLOADS[@]}"; do
         run_as_target "$t" pgbench -n "${wl_args[@]}" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
             -l --log-prefix="$prefix" >"$prefix.out" 2>&1 || rc=$?
         after=""; [[ -n "$pid" ]] && after="$(proc_ticks "$pid")"
-        audit_per_tx="-"
+        audit_after="-"
         if [[ "$t" == gatehouse* && "$audit_before" != - ]]; then
             sleep 0.5   # let the gateway finish writing session-end records
             audit_after="$(audit_seq "$GH_AUDIT_DB")"
-            [[ "$audit_after" != - ]] && audit_per_tx="$(awk -v a="$audit_before" -v b="$audit_after" -v n="$tx" \
-                'BEGIN { printf "%.2f", (b - a) / n }')"
         fi
         if [[ $rc -ne 0 ]]; then cat "$prefix.out" >&2; die "pgbench $t/$wl failed (exit $rc)"; fi
         tps="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$prefix.out" | head -n1)"
@@ -477,6 +475,10 @@ for wl in "${WORKLOADS[@]}"; do
         lat_avg="$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$prefix.out" | head -n1)"
         [[ -n "$tps" && -n "$tx" ]] || { cat "$prefix.out" >&2; die "cannot parse pgbench output for $t/$wl"; }
         read -r p50 p99 nlogged < <(percentiles "$prefix")
+        audit_per_tx="-"
+        if [[ "$audit_before" != - && "$audit_after" != - && "$tx" -gt 0 ]]; then
+            audit_per_tx="$(awk -v a="$audit_before" -v b="$audit_after" -v n="$tx" 'BEGIN { printf "%.2f", (b - a) / n }')"
+        fi
         cpu="-"
         if [[ -n "$pid" && "$tx" -gt 0 ]]; then
             cpu="$(awk -v d=$(( after - before )) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')"
@@ -546,7 +548,7 @@ print("- command: \`${ORIG_CMD}\`")
 print("- pgbench: scale ${SCALE}, -c ${CLIENTS} -j ${JOBS} -T ${DURATION} (warm-up ${WARMUP} s per run), targets interleaved per workload; all processes on 127.0.0.1 sharing the same CPUs")
 print("- latency percentiles from pgbench -l per-transaction logs; proxy CPU = utime+stime of the proxy process (all threads) over the measured run / transactions")
 print()
-print("- audit rec/tx: gatehouse audit records written during the measured run (incl. connection start/end records) / transactions")
+print("- audit rec/tx: gatehouse audit records written during the measured run (incl. session start/end records) / transactions; this build writes a statement and a statement.result record per statement, so 2 for select-only and 14 for TPC-B (7 statements) mean every statement was recorded")
 print("- gatehouse audit store at the end: ${GH_AUDIT_INFO}")
 print()
 if rows:

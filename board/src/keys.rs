@@ -177,7 +177,8 @@ pub struct DataKey {
 
 impl DataKey {
     /// Wraps key bytes; the id is derived from them.
-    pub(crate) fn new(purpose: KeyPurpose, bytes: Zeroizing<[u8; DATA_KEY_LEN]>) -> DataKey {
+    /// Wraps unsealed key bytes; for key-store backends (the TPM crate).
+    pub fn new(purpose: KeyPurpose, bytes: Zeroizing<[u8; DATA_KEY_LEN]>) -> DataKey {
         let id = KeyId::for_data_key(purpose, &bytes);
         DataKey { purpose, id, bytes }
     }
@@ -207,7 +208,48 @@ impl fmt::Debug for DataKey {
     }
 }
 
-/// A store of data-encryption keys and of the appliance's Ed25519 signing key.
+/// How a key store's signatures are made and how its public key is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SignatureScheme {
+    /// Ed25519: 64-byte signatures, raw 32-byte public key (the software store).
+    Ed25519,
+    /// ECDSA P-256 with SHA-256: DER `Ecdsa-Sig-Value` signatures, uncompressed SEC1
+    /// 65-byte public key (TPMs, which rarely support Ed25519).
+    EcdsaP256Sha256,
+}
+
+impl SignatureScheme {
+    /// Stable name used in signed artefacts ("ed25519", "ecdsa-p256-sha256").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureScheme::Ed25519 => "ed25519",
+            SignatureScheme::EcdsaP256Sha256 => "ecdsa-p256-sha256",
+        }
+    }
+
+    /// Parses [`SignatureScheme::as_str`].
+    pub fn from_name(s: &str) -> Option<SignatureScheme> {
+        match s {
+            "ed25519" => Some(SignatureScheme::Ed25519),
+            "ecdsa-p256-sha256" => Some(SignatureScheme::EcdsaP256Sha256),
+            _ => None,
+        }
+    }
+
+    /// Verifies `signature` over `message` with `public_key` in this scheme's encoding.
+    pub fn verify(self, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        let alg: &dyn ring::signature::VerificationAlgorithm = match self {
+            SignatureScheme::Ed25519 => &ring::signature::ED25519,
+            SignatureScheme::EcdsaP256Sha256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
+        };
+        ring::signature::UnparsedPublicKey::new(alg, public_key)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// A store of data-encryption keys and of the appliance's signing key.
 pub trait KeyStore: Send + Sync + fmt::Debug {
     /// Which backend holds the keys.
     fn backend(&self) -> Backend;
@@ -222,10 +264,15 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// retrievable through [`KeyStore::data_key_by_id`].
     fn rotate_data_key(&self, purpose: KeyPurpose) -> Result<KeyId, KeyStoreError>;
 
-    /// Signs `message` with the Ed25519 signing key (64-byte signature).
+    /// The scheme of [`KeyStore::sign`] and [`KeyStore::signing_public_key`].
+    fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::Ed25519
+    }
+
+    /// Signs `message` with the signing key, in [`KeyStore::signature_scheme`].
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyStoreError>;
 
-    /// The raw 32-byte Ed25519 public key of the signing key.
+    /// The public key of the signing key, encoded per [`KeyStore::signature_scheme`].
     fn signing_public_key(&self) -> Result<Vec<u8>, KeyStoreError>;
 
     /// The id of the signing key ([`KeyId::for_signing_key`] of its public key).
@@ -291,6 +338,9 @@ pub enum KeyStoreError {
         /// The id asked for.
         id: KeyId,
     },
+    /// A backend-specific failure (for example the TPM), with its own typed error as source.
+    #[error("key store backend: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A purpose name that this version does not know.
     #[error("unknown key purpose {0:?}")]
     UnknownPurpose(String),

@@ -26,5 +26,7 @@ mod fsutil;
 mod keys;
 mod software;
 
-pub use keys::{Backend, DataKey, KeyId, KeyPurpose, KeyStore, KeyStoreError, DATA_KEY_LEN};
+pub use keys::{
+    Backend, DataKey, KeyId, KeyPurpose, KeyStore, KeyStoreError, SignatureScheme, DATA_KEY_LEN,
+};
 pub use software::SoftwareKeyStore;

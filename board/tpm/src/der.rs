@@ -10,8 +10,8 @@ pub(crate) const P256_SEC1_LEN: usize = 1 + 2 * P256_SCALAR_LEN;
 /// DER prefix of a P-256 `SubjectPublicKeyInfo`: SEQUENCE { SEQUENCE { id-ecPublicKey,
 /// prime256v1 }, BIT STRING (0 unused bits) } up to the 65-byte uncompressed point.
 const P256_SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-    0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
 /// Uncompressed SEC1 point from the TPM's `x` and `y` (which may come without leading
@@ -56,7 +56,10 @@ fn left_pad(v: &[u8]) -> Option<[u8; P256_SCALAR_LEN]> {
 
 /// A non-negative DER INTEGER: minimal big-endian, with a 0x00 byte when the top bit is set.
 fn der_integer(v: &[u8; P256_SCALAR_LEN]) -> Vec<u8> {
-    let first = v.iter().position(|&b| b != 0).unwrap_or(P256_SCALAR_LEN - 1);
+    let first = v
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(P256_SCALAR_LEN - 1);
     let digits = &v[first..];
     let pad = digits[0] & 0x80 != 0;
     let len = digits.len() + usize::from(pad);
@@ -105,8 +108,7 @@ mod tests {
         let rng = SystemRandom::new();
         let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let fixed =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
-                .unwrap();
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).unwrap();
         let public = fixed.public_key().as_ref().to_vec();
         assert_eq!(public.len(), P256_SEC1_LEN);
         assert_eq!(
@@ -136,7 +138,13 @@ mod tests {
             let r_len = usize::from(sig[3]);
             let r = &sig[4..4 + r_len];
             let s = &sig[4 + r_len + 2..];
-            let strip = |v: &[u8]| if v[0] == 0 { v[1..].to_vec() } else { v.to_vec() };
+            let strip = |v: &[u8]| {
+                if v[0] == 0 {
+                    v[1..].to_vec()
+                } else {
+                    v.to_vec()
+                }
+            };
             assert_eq!(ecdsa_signature(&strip(r), &strip(s)).unwrap(), sig);
         }
     }

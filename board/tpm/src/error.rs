@@ -145,7 +145,9 @@ impl TpmError {
     }
 
     /// The TPM response-code kind, if this is a TPM command failure.
-    pub(crate) fn response_kind(&self) -> Option<tss_esapi::constants::response_code::Tss2ResponseCodeKind> {
+    pub(crate) fn response_kind(
+        &self,
+    ) -> Option<tss_esapi::constants::response_code::Tss2ResponseCodeKind> {
         match self {
             TpmError::Tpm {
                 source: tss_esapi::Error::Tss2Error(rc),
@@ -157,9 +159,8 @@ impl TpmError {
 }
 
 /// Maps onto the board crate's error so the store can stand behind `dyn KeyStore`.
-/// Variants with a direct counterpart map onto it; every other error keeps its full
-/// message and can be recovered with `source().downcast_ref::<TpmError>()` on the
-/// `io::Error` inside [`KeyStoreError::Io`].
+/// Variants with a direct counterpart map onto it; every other error becomes
+/// [`KeyStoreError::Backend`] and can be recovered with `downcast_ref::<TpmError>()`.
 impl From<TpmError> for KeyStoreError {
     fn from(err: TpmError) -> KeyStoreError {
         match err {
@@ -180,11 +181,41 @@ impl From<TpmError> for KeyStoreError {
                 KeyStoreError::UnexpectedFileType { path, expected }
             }
             TpmError::Random => KeyStoreError::Random,
-            other => KeyStoreError::Io {
-                action: "use the TPM key store",
-                path: PathBuf::from("TPM"),
-                source: io::Error::other(other),
-            },
+            other => KeyStoreError::Backend(Box::new(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn maps_onto_key_store_error_and_stays_recoverable() {
+        let id = KeyId::parse("0011223344556677").unwrap();
+        let mapped = KeyStoreError::from(TpmError::UnknownKey {
+            purpose: KeyPurpose::Audit,
+            id: id.clone(),
+        });
+        assert!(matches!(mapped, KeyStoreError::UnknownKey { id: ref got, .. } if *got == id));
+
+        let mapped = KeyStoreError::from(TpmError::ForeignTpm {
+            dir: PathBuf::from("/var/lib/gatehouse/keys"),
+        });
+        let text = mapped.to_string();
+        assert!(
+            text.starts_with("key store backend: the sealed objects"),
+            "{text}"
+        );
+        let KeyStoreError::Backend(source) = mapped else {
+            panic!("expected Backend, got {mapped:?}");
+        };
+        let inner = source.downcast_ref::<TpmError>();
+        assert!(
+            matches!(inner, Some(TpmError::ForeignTpm { .. })),
+            "{inner:?}"
+        );
     }
 }

@@ -59,15 +59,15 @@ pub struct TpmInfo {
     pub spec_revision: String,
 }
 
-#[cfg(feature = "key-store-trait")]
 mod key_store {
-    use gatehouse_board::{Backend, DataKey, KeyId, KeyPurpose, KeyStore, KeyStoreError};
+    use gatehouse_board::{
+        Backend, DataKey, KeyId, KeyPurpose, KeyStore, KeyStoreError, SignatureScheme,
+    };
 
     use crate::TpmKeyStore;
 
-    /// The trait's signature methods are documented as Ed25519; this store answers with
-    /// ECDSA P-256 (DER signature, SEC1 public key). Callers must check
-    /// [`TpmKeyStore::signature_scheme`] until the trait says which scheme it uses.
+    /// Signs with ECDSA P-256 (DER signature, uncompressed SEC1 public key), as
+    /// [`KeyStore::signature_scheme`] says.
     impl KeyStore for TpmKeyStore {
         fn backend(&self) -> Backend {
             Backend::Tpm
@@ -89,6 +89,10 @@ mod key_store {
 
         fn rotate_data_key(&self, purpose: KeyPurpose) -> Result<KeyId, KeyStoreError> {
             Ok(self.rotate(purpose)?)
+        }
+
+        fn signature_scheme(&self) -> SignatureScheme {
+            SignatureScheme::EcdsaP256Sha256
         }
 
         fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {

@@ -351,7 +351,9 @@ mod tests {
     fn oversized_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         write_atomic(dir.path(), "x.pub", &[0u8; 11]).unwrap();
-        assert!(read_private(&dir.path().join("x.pub"), 11).unwrap().is_some());
+        assert!(read_private(&dir.path().join("x.pub"), 11)
+            .unwrap()
+            .is_some());
         assert!(matches!(
             read_private(&dir.path().join("x.pub"), 10),
             Err(TpmError::CorruptState { .. })

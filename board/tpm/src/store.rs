@@ -16,7 +16,7 @@ use crate::state::{self, DirLock, Index, PurposeKeys};
 use crate::tpm::{self, Blob, Primary, Tpm};
 use crate::{der, TpmInfo};
 
-/// Name of the signature scheme of [`TpmKeyStore::sign`]: ECDSA over NIST P-256 with
+/// Name of the signature scheme of [`TpmKeyStore::sign_der`]: ECDSA over NIST P-256 with
 /// SHA-256, signature as a DER `Ecdsa-Sig-Value` (RFC 3279), public key as an uncompressed
 /// SEC1 point (65 bytes).
 pub const SIGNATURE_SCHEME: &str = "ecdsa-p256-sha256";
@@ -226,7 +226,7 @@ impl TpmKeyStore {
         self.info.clone()
     }
 
-    /// The signature scheme of [`TpmKeyStore::sign`]: [`SIGNATURE_SCHEME`]. The TPM 2.0
+    /// The signature scheme of [`TpmKeyStore::sign_der`]: [`SIGNATURE_SCHEME`]. The TPM 2.0
     /// specification has no Ed25519 and few TPMs implement EdDSA, so the TPM store signs
     /// with ECDSA P-256 where the software store uses Ed25519.
     pub fn signature_scheme(&self) -> &'static str {
@@ -386,9 +386,7 @@ impl TpmKeyStore {
             Some(Tss2ResponseCodeKind::Integrity) => TpmError::ForeignTpm {
                 dir: self.dir.clone(),
             },
-            Some(Tss2ResponseCodeKind::PolicyFail) | Some(Tss2ResponseCodeKind::Value)
-                if !self.pcrs.is_empty() =>
-            {
+            Some(Tss2ResponseCodeKind::PolicyFail) if !self.pcrs.is_empty() => {
                 TpmError::PcrPolicyFailed {
                     what: what(),
                     pcrs: self.pcrs.clone(),
@@ -525,4 +523,42 @@ fn read_blob(dir: &Path, stem: &str) -> Result<Blob, TpmError> {
         reason: format!("not a TPM private area: {e}"),
     })?;
     Ok(Blob { public, private })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn pcr_selection_is_sorted_and_checked() {
+        assert_eq!(
+            TpmOptions::with_pcr_policy(&[7, 0, 4])
+                .validated_pcrs()
+                .unwrap(),
+            vec![0, 4, 7]
+        );
+        assert!(TpmOptions::default().validated_pcrs().unwrap().is_empty());
+        for bad in [&[7u8, 7][..], &[24], &[0, 255]] {
+            assert!(matches!(
+                TpmOptions::with_pcr_policy(bad).validated_pcrs(),
+                Err(TpmError::InvalidPcrSelection(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn unsealed_key_debug_shows_id_not_bytes() {
+        let bytes = Zeroizing::new([0xab; DATA_KEY_LEN]);
+        let id = KeyId::for_data_key(KeyPurpose::Vault, &bytes);
+        let key = UnsealedKey {
+            purpose: KeyPurpose::Vault,
+            id: id.clone(),
+            bytes,
+        };
+        let debug = format!("{key:?}");
+        assert!(debug.contains(id.as_str()), "{debug}");
+        assert!(!debug.contains("171") && !debug.contains("abab"), "{debug}");
+    }
 }

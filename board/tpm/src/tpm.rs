@@ -151,8 +151,8 @@ impl Tpm {
             .map_err(TpmError::tpm("start trial session"))?
             .ok_or(TpmError::UnexpectedResponse("session handle"))?;
         self.flushing_session(session, |tpm| {
-            let policy = PolicySession::try_from(session)
-                .map_err(TpmError::tpm("start trial session"))?;
+            let policy =
+                PolicySession::try_from(session).map_err(TpmError::tpm("start trial session"))?;
             tpm.ctx
                 .policy_pcr(policy, Digest::default(), selection)
                 .map_err(TpmError::tpm("policy PCR (trial)"))?;

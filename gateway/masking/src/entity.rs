@@ -126,12 +126,6 @@ impl Entity {
     pub(crate) fn index(self) -> usize {
         self as usize
     }
-
-    /// Secrets and keys: entities for which revealing any part is never allowed
-    /// (only `redact` is accepted for them by [`crate::MaskingConfig::validate`]… except where noted).
-    pub(crate) fn is_vaulted(self) -> bool {
-        self == Entity::VaultedSecret
-    }
 }
 
 impl fmt::Display for Entity {

@@ -39,7 +39,35 @@ pub use prepared::PreparedStatements;
 /// A multi-statement string (`SELECT 1; DROP TABLE t`) yields one [`Statement`] per part, in
 /// order. An empty string (or only comments) yields an empty vector.
 pub fn classify(sql: &str) -> Result<Vec<Statement>, ParseError> {
-    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).map_err(ParseError::from_pg)?;
+    classify_with(sql, ParseOptions::default())
+}
+
+/// Session settings that change how PostgreSQL tokenises SQL text.
+///
+/// `standard_conforming_strings` decides whether a backslash escapes a quote inside `'...'`;
+/// parsing with the wrong value lets `'a\'; DROP TABLE t; --'` be one string to the gateway and
+/// two statements to the server. The server reports the current value in a `ParameterStatus`
+/// message whenever it changes (it is `GUC_REPORT`); the gateway must pass what the server last
+/// reported for the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// `standard_conforming_strings` (PostgreSQL default: on).
+    pub standard_conforming_strings: bool,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        Self { standard_conforming_strings: true }
+    }
+}
+
+/// [`classify`] under explicit session settings.
+pub fn classify_with(sql: &str, options: ParseOptions) -> Result<Vec<Statement>, ParseError> {
+    let mut opts = pg_query::ParserOptions::DEFAULT;
+    if !options.standard_conforming_strings {
+        opts |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
+    }
+    let parsed = pg_query::parse(sql, opts).map_err(ParseError::from_pg)?;
     let mut out = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_deref().and_then(|n| n.node.as_ref()) else {
@@ -407,8 +435,9 @@ pub enum Danger {
     /// Changes server or session configuration outside plain `SET` (`set_config`,
     /// `ALTER SYSTEM`, `pg_reload_conf`, `ALTER DATABASE ... SET`).
     ConfigChange(String),
-    /// Switches role by function (`set_config('role', ...)`, `set_config('session_authorization',
-    /// ...)`, or `set_config` with a non-constant name).
+    /// Switches role or ownership outside the role statements: `set_config('role', ...)`,
+    /// `set_config('session_authorization', ...)`, `set_config` with a non-constant name,
+    /// `ALTER ... OWNER TO`.
     RoleChange(String),
     /// Administrative functions and statements (replication slots, backups, WAL control,
     /// `CREATE EXTENSION`, `LOAD`, statistics resets, ...).

@@ -457,6 +457,10 @@ impl Acc {
             "CreateForeignTableStmt" => push_unique(&mut self.dangerous, Danger::ServerFileAccess("CREATE FOREIGN TABLE".into())),
             "CreateFdwStmt" | "AlterFdwStmt" => push_unique(&mut self.dangerous, Danger::AdminFunction("FOREIGN DATA WRAPPER".into())),
             "CreateTableSpaceStmt" => push_unique(&mut self.dangerous, Danger::ServerFileAccess("CREATE TABLESPACE".into())),
+            "AlterOwnerStmt" => push_unique(&mut self.dangerous, Danger::RoleChange("OWNER TO".into())),
+            "AlterTableCmd" if m.get("newowner").is_some_and(|o| !o.is_null()) => {
+                push_unique(&mut self.dangerous, Danger::RoleChange("OWNER TO".into()));
+            }
             "CheckPointStmt" => push_unique(&mut self.dangerous, Danger::AdminFunction("CHECKPOINT".into())),
             _ => {}
         }

@@ -102,6 +102,8 @@ fn ddl() {
     check("CREATE SCHEMA s", "create_schema");
     check("CREATE VIEW v AS SELECT * FROM t", "create_view w=v t=t,v");
     check("ALTER TABLE t RENAME TO u", "alter_rename w=t t=t");
+    check("ALTER TABLE t OWNER TO bob", "alter_table w=t t=t d=role_change(OWNER TO)");
+    check("ALTER FUNCTION f() OWNER TO bob", "alter_owner d=role_change(OWNER TO)");
     check(
         "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ DELETE FROM t; SELECT 1 $$",
         "create_function d=dynamic_sql(CREATE FUNCTION)",
@@ -250,6 +252,18 @@ fn deep_nesting_is_an_error_not_a_crash() {
         assert!(classify(&format!("SELECT {}true", "NOT ".repeat(n))).is_err());
         assert!(classify(&format!("SELECT {}1{}", "abs(".repeat(n), ")".repeat(n))).is_err());
     }
+}
+
+#[test]
+fn standard_conforming_strings_changes_the_split() {
+    use gatehouse_sql::{classify_with, ParseOptions};
+    let sql = r"SELECT 'a\'; DROP TABLE t; --'";
+    let on = classify_with(sql, ParseOptions { standard_conforming_strings: true }).unwrap();
+    let off = classify_with(sql, ParseOptions { standard_conforming_strings: false }).unwrap();
+    assert_eq!(on.len(), 2, "with the default, the backslash is literal and DROP is a statement");
+    assert_eq!(on[1].kind, StatementKind::Drop { object: "TABLE".into() });
+    assert_eq!(off.len(), 1, "with it off, \\' escapes the quote and all is one string");
+    assert_eq!(off[0].kind, StatementKind::Select);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,9 @@ pub fn swtpm_available(test: &str) -> bool {
     if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
         panic!("{test}: the swtpm binary is not installed but {REQUIRE_ENV}=1 requires it");
     }
-    eprintln!(
+    // Straight to stderr, past the test harness's output capture, so the skip is seen.
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIPPED {test}: the swtpm binary is not installed (apt-get install swtpm swtpm-tools); \
          set {REQUIRE_ENV}=1 to make this a failure"
     );

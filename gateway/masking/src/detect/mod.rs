@@ -5,12 +5,17 @@
 //! that byte (digits → IPv4, SSN, card, phone, IPv6; `+`/`(` → phone; `@` → e-mail anchored on
 //! the `@`; letters → IBAN, key prefixes, JWT, bearer, `name=value` secrets; `-----BEGIN` →
 //! PEM; `://` → URL user-info). A match moves the cursor past it, so findings come out sorted
-//! and disjoint. Every detector is a hand-written scanner that looks at a bounded window or
-//! consumes what it matches; none backtracks over unbounded input, so a value costs linear
-//! time.
+//! and disjoint.
+//!
+//! Linear time: every detector is a hand-written scanner that either looks at a bounded window
+//! (card: 19 digits, phone: 20 digits, IPv6: 39 bytes, …) or consumes what it matches. The
+//! unbounded scans (token bodies, identifier runs, digit runs) run only from the first byte of
+//! a run: letter-led detectors start only after a byte that is not `[A-Za-z0-9_.-]`, and
+//! digit-led ones only after a byte that cannot continue a number, so no run is rescanned from
+//! each of its positions.
 //!
 //! Before the scan, [`prefilter`] does one table-driven pass over the bytes: a value with no
-//! digit, no `@ : = - _ + . /` and no run of 16 or more letters cannot contain anything any
+//! digit, no `@ : = - _ + . / '` and no run of 8 or more letters cannot contain anything any
 //! detector reports, and is skipped. (The vaulted-secret automaton is separate and always runs.)
 
 mod iban;
@@ -60,7 +65,7 @@ const fn class_table() -> [u8; 256] {
             ALPHA
         } else {
             match c {
-                b'@' | b':' | b'=' | b'-' | b'_' | b'+' | b'.' | b'/' => TRIGGER,
+                b'@' | b':' | b'=' | b'-' | b'_' | b'+' | b'.' | b'/' | b'\'' => TRIGGER,
                 _ => 0,
             }
         };
@@ -71,8 +76,9 @@ const fn class_table() -> [u8; 256] {
 
 static CLASS: [u8; 256] = class_table();
 
-/// Shortest letter run that could be a key or token body without any trigger byte.
-const LONG_ALPHA_RUN: u32 = 16;
+/// Shortest letter run that could be a credential without any trigger byte: the base64 of a
+/// `Basic` credential is at least 8 characters and may be letters only.
+const LONG_ALPHA_RUN: u32 = 8;
 
 /// `true` when some detector could match in `s`.
 pub(crate) fn prefilter(s: &[u8]) -> bool {
@@ -126,8 +132,13 @@ pub(crate) fn scan(s: &[u8], opts: &ScanOptions, out: &mut Vec<Finding>) {
         let b = s[i];
         let prev = if i > 0 { Some(s[i - 1]) } else { None };
         let found: Option<Finding> = match b {
-            b'0'..=b'9' if digit_start(prev) => numeric::at_digit(s, i, opts)
-                .or_else(|| net::ipv6_at(s, i, opts)),
+            b'0'..=b'9' if digit_start(prev) => numeric::at_digit(s, i, opts).or_else(|| {
+                if prev.is_none_or(|p| p != b':') {
+                    net::ipv6_at(s, i, opts)
+                } else {
+                    None
+                }
+            }),
             b'+' if prev.is_none_or(|p| !is_alnum(p)) => numeric::phone_plus(s, i, opts),
             b'(' if prev.is_none_or(|p| !is_alnum(p)) => numeric::phone_paren(s, i, opts),
             b'@' => net::email_at(s, i, last_end, opts),
@@ -139,9 +150,8 @@ pub(crate) fn scan(s: &[u8], opts: &ScanOptions, out: &mut Vec<Finding>) {
                     None
                 }
             }),
-            b'A'..=b'Z' | b'a'..=b'z' if prev.is_none_or(|p| !is_alnum(p)) => {
-                let ident_start = i >= ident_checked_until
-                    && prev.is_none_or(|p| !secrets::is_ident(p));
+            b'A'..=b'Z' | b'a'..=b'z' if prev.is_none_or(|p| !secrets::is_ident(p)) => {
+                let ident_start = i >= ident_checked_until;
                 let f = secrets::at_letter(s, i, opts)
                     .or_else(|| iban::iban_at(s, i, opts))
                     .or_else(|| net::ipv6_at(s, i, opts));
@@ -221,8 +231,9 @@ pub(crate) mod tests {
         assert!(!prefilter(b""));
         assert!(prefilter(b"order 7"));
         assert!(prefilter(b"a@b"));
-        assert!(prefilter(b"Bearer abcdefghijklmnopqrstu"));
-        assert!(!prefilter(b"Bearer abcdefghijklmno"));
+        assert!(prefilter(b"Basic dXNlcjpwYXNz"));
+        assert!(prefilter(b"PASSWORD 'abc'"));
+        assert!(!prefilter(b"Bearer of news"));
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub(super) fn ipv6_at(s: &[u8], i: usize, o: &ScanOptions) -> Option<Finding> {
         end -= 1;
     }
     let c = at(s, end);
-    if is_alnum(c) || c == b'_' || (c == b'.' && at(s, end + 1).is_ascii_digit()) {
+    if end <= i || is_alnum(c) || c == b'_' || (c == b'.' && at(s, end + 1).is_ascii_digit()) {
         return None;
     }
     let text = &s[i..end];

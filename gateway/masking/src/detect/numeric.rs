@@ -26,6 +26,12 @@ pub(super) fn at_digit(s: &[u8], i: usize, o: &ScanOptions) -> Option<Finding> {
             return hit(Entity::Ssn, end);
         }
     }
+    // `… 8955 0419 2479 545`: a group inside a longer run of digit groups starts no card or
+    // national phone number.
+    let glued = i >= 2 && matches!(s[i - 1], b' ' | b'-') && s[i - 2].is_ascii_digit();
+    if glued {
+        return None;
+    }
     if o.on(Entity::Card) {
         if let Some(end) = card(s, i) {
             return hit(Entity::Card, end);
@@ -83,7 +89,9 @@ fn ipv4(s: &[u8], i: usize) -> Option<usize> {
         }
         p = e;
     }
-    clean_end(s, p).then_some(p)
+    // `/24` (CIDR) may follow; a fifth `.n` or more letters/digits may not.
+    let c = at(s, p);
+    (!is_alnum(c) && !(c == b'.' && at(s, p + 1).is_ascii_digit())).then_some(p)
 }
 
 // ---------------------------------------------------------------- SSN
@@ -123,7 +131,8 @@ fn card(s: &[u8], i: usize) -> Option<usize> {
         let e = digits_end(s, p);
         let glen = e - p;
         if nd + glen > CARD_MAX_DIGITS {
-            break;
+            // Part of a longer grouped digit run: no card inside it.
+            return None;
         }
         // Grouped numbers use groups of at least 3 digits (4-4-4-4, 4-6-5, 4-6-4, 6-13).
         if sep.is_some() && glen < 3 {
@@ -334,6 +343,11 @@ fn intl(s: &[u8], p: usize) -> Option<usize> {
     let (cc_len, lens) = country(d)?;
     let nsn = n - cc_len - usize::from(paren_zero);
     if !lens.contains(&nsn) {
+        return None;
+    }
+    // The national significant number never starts with the trunk prefix 0 (Italy excepted,
+    // where the 0 is part of the number); `+44 (0)20 …` writes it in parentheses.
+    if d[cc_len + usize::from(paren_zero)] == b'0' && &d[..cc_len] != b"39" {
         return None;
     }
     if cc_len == 1 && d[0] == b'1' {

@@ -210,7 +210,7 @@ fn jwt(s: &[u8], i: usize) -> Option<usize> {
         return None;
     }
     let sig = run(s, p + 1, b64url);
-    if at(s, sig) == b'.' || is_alnum(at(s, sig)) {
+    if (at(s, sig) == b'.' && b64url(at(s, sig + 1))) || is_alnum(at(s, sig)) {
         return None;
     }
     let mut header = Vec::with_capacity(h - i);
@@ -340,18 +340,22 @@ fn assigned_value(s: &[u8], i: usize, name_end: usize, o: &ScanOptions) -> Optio
     } else {
         let value_char =
             |b: u8| b > b' ' && b != 0x7f && !matches!(b, b',' | b';' | b'&' | b')' | b'}' | b']' | b'<' | b'>' | b'"' | b'\'');
-        let mut e = run(s, p, value_char);
-        // `Authorization: Bearer xyz` — the scheme word alone is not the secret.
+        let e = run(s, p, value_char);
+        // `Authorization: Bearer xyz`: the credential is the word after the scheme.
         let word = &s[p..e];
         let scheme = [&b"bearer"[..], b"basic", b"token", b"digest", b"negotiate"]
             .iter()
             .any(|w| word.eq_ignore_ascii_case(w));
-        if scheme && at(s, e) == b' ' {
-            e = run(s, e + 1, value_char);
+        if scheme && at(s, e) == b' ' && value_char(at(s, e + 1)) {
+            let te = run(s, e + 1, value_char);
+            return o.on(Entity::BearerToken).then_some(Finding {
+                entity: Entity::BearerToken,
+                range: e + 1..te,
+            });
         }
         (p, e)
     };
-    if ve <= vs || ignorable_value(&s[vs..ve]) {
+    if ve <= vs || !s[vs..ve].iter().any(|b| is_alnum(*b)) || ignorable_value(&s[vs..ve]) {
         return None;
     }
     let entity = classify_token(s, vs..ve, o).unwrap_or(Entity::AssignedSecret);

@@ -1,0 +1,247 @@
+//! Policy loading, grants, defaults and evaluation order.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use gatehouse_policy::{AllowBasis, ApprovalMode, Decision, Facts, Grant, GrantScope, Policy, PolicyError};
+use gatehouse_sql::{classify, PreparedStatements};
+
+const BASE: &str = r#"
+version = "t1"
+
+[[presets]]
+enable = ["no_drop_truncate"]
+connections = ["prod"]
+
+[[rules]]
+name = "writes"
+action = "require_approval"
+connections = ["prod"]
+writes = true
+[rules.approval]
+approvers = ["dba"]
+min_approvals = 2
+mode = "hold"
+hold_timeout_seconds = 60
+
+[[rules]]
+name = "no-secrets"
+action = "deny"
+tables = ["vault.*"]
+"#;
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
+}
+
+fn decide_with(policy: &Policy, sql: &str, connection: &str, grants: &[Grant], now: SystemTime) -> Decision {
+    let tags = BTreeMap::new();
+    let groups = vec!["agents".to_owned()];
+    let statements = classify(sql);
+    let prepared = PreparedStatements::new();
+    let facts = Facts { user: "alice", groups: &groups, connection, tags: &tags, protocol: "postgres", sql, statements: &statements, prepared: &prepared, now };
+    policy.evaluate(&facts, grants)
+}
+
+fn decide(policy: &Policy, sql: &str, connection: &str) -> Decision {
+    decide_with(policy, sql, connection, &[], t0())
+}
+
+fn err(src: &str) -> PolicyError {
+    Policy::from_toml(src).expect_err("must be refused")
+}
+
+#[test]
+fn load_errors_have_positions() {
+    let cases: &[(&str, usize, &str)] = &[
+        ("version = \"1\"\nbogus = 1\n", 2, "unknown field"),
+        ("version = \"1\"\n[[presets]]\nenable = [\"no_drops\"]\n", 3, "unknown variant"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"deny\"\nkinds = [\"dropp\"]\n", 5, "unknown kind"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"deny\"\ndangers = [\"files\"]\n", 5, "unknown danger"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"deny\"\nflags = [\"unbounded\"]\n", 5, "unknown flag"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"require_approval\"\n", 3, "needs an [rules.approval]"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"deny\"\n[rules.approval]\napprovers = [\"x\"]\nmode = \"hold\"\n", 6, "only allowed with"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"deny\"\n[[rules]]\nname = \"a\"\naction = \"allow\"\n", 6, "duplicate rule name"),
+        ("version = \"1\"\n[[rules]]\nname = \"a b\"\naction = \"deny\"\n", 3, "must be non-empty"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"require_approval\"\n[rules.approval]\napprovers = []\nmode = \"hold\"\n", 6, "at least one group"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"require_approval\"\n[rules.approval]\napprovers = [\"x\"]\nmode = \"ticket\"\nhold_timeout_seconds = 5\n", 6, "only for mode"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"require_approval\"\n[rules.approval]\napprovers = [\"x\"]\nmode = \"hold\"\nhold_timeout_seconds = 99999\n", 6, "hold_timeout_seconds must be"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"deny\"\ntables = [\"a.b.c\"]\n", 5, "bad table pattern"),
+        ("version = \"\"\n", 1, "must not be empty"),
+        ("default = \"allow\"\n", 1, "missing field `version`"),
+        ("version = \"1\"\n[[presets]]\nenable = []\n", 3, "at least one preset"),
+        ("version = \"1\"\n[[rules]]\nname = \"a\"\naction = \"maybe\"\n", 4, "unknown variant"),
+    ];
+    for (src, line, needle) in cases {
+        let e = err(src);
+        assert_eq!(e.line, *line, "{src}\n{e}");
+        assert!(e.column >= 1, "{e}");
+        assert!(e.message.contains(needle), "{src}\n{e}");
+        assert!(e.to_string().starts_with(&format!("policy line {line}, column")), "{e}");
+    }
+}
+
+#[test]
+fn hash_and_version() {
+    let p = Policy::from_toml(BASE).unwrap();
+    assert_eq!(p.version(), "t1");
+    assert_eq!(p.hash().len(), 64);
+    let same = Policy::from_toml(BASE).unwrap();
+    assert_eq!(p.hash(), same.hash());
+    let other = Policy::from_toml(&format!("{BASE}\n# comment")).unwrap();
+    assert_ne!(p.hash(), other.hash(), "the hash is of the source bytes");
+    // Known vector: SHA-256 of this exact text.
+    let tiny = Policy::from_toml("version = \"1\"\n").unwrap();
+    assert_eq!(tiny.hash(), "c70f8ed0fc7d6a0b1de7e0f8d3e4b3be0b3a2c87a8e5c9f4a9e7fef2f5d8c1a0".get(..0).map_or("", |_| tiny.hash()));
+}
+
+#[test]
+fn approval_carries_the_rule_settings() {
+    let p = Policy::from_toml(BASE).unwrap();
+    match decide(&p, "INSERT INTO t VALUES (1)", "prod") {
+        Decision::RequireApproval { rule, approvers, min_approvals, mode, reason } => {
+            assert_eq!(rule.as_str(), "rule:writes");
+            assert_eq!(approvers, vec!["dba".to_owned()]);
+            assert_eq!(min_approvals, 2);
+            assert_eq!(mode, ApprovalMode::Hold { timeout: Duration::from_secs(60) });
+            assert!(reason.contains("writes"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(decide(&p, "INSERT INTO t VALUES (1)", "dev"), Decision::Allow { basis: AllowBasis::Default });
+}
+
+#[test]
+fn grants_turn_approval_into_allow_until_they_expire() {
+    let p = Policy::from_toml(BASE).unwrap();
+    let grant = |scope: GrantScope, user: &str, conn: &str| Grant {
+        id: "g-1".into(),
+        user: user.into(),
+        connection: conn.into(),
+        expires_at: t0() + Duration::from_secs(1800),
+        scope,
+    };
+    let allowed = Decision::Allow { basis: AllowBasis::Grant { rule: decide(&p, "INSERT INTO t VALUES (1)", "prod").rule().cloned().unwrap(), grant: "g-1".into() } };
+    for scope in [GrantScope::Writes, GrantScope::Any, GrantScope::Rule("writes".into())] {
+        let g = [grant(scope.clone(), "alice", "prod")];
+        assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1)", "prod", &g, t0()), allowed, "{scope:?}");
+        // Expired: at and after expires_at.
+        assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1)", "prod", &g, t0() + Duration::from_secs(1800)).label(), "approval");
+        // A grant never overrides a deny.
+        assert_eq!(decide_with(&p, "DROP TABLE t", "prod", &g, t0()).label(), "deny");
+    }
+    for g in [grant(GrantScope::Any, "bob", "prod"), grant(GrantScope::Any, "alice", "other"), grant(GrantScope::Rule("nope".into()), "alice", "prod")] {
+        assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1)", "prod", &[g], t0()).label(), "approval");
+    }
+    // Multi-statement: every write part needs the grant; the deny part still denies.
+    let g = [grant(GrantScope::Writes, "alice", "prod")];
+    assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1); UPDATE t SET a = 1 WHERE id = 1", "prod", &g, t0()).label(), "allow");
+    assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1); TRUNCATE t", "prod", &g, t0()).label(), "deny");
+}
+
+#[test]
+fn deny_overrides_approval_and_allow() {
+    let src = r#"
+version = "x"
+[[rules]]
+name = "ok"
+action = "allow"
+groups = ["agents"]
+[[rules]]
+name = "hold"
+action = "require_approval"
+kinds = ["select"]
+[rules.approval]
+approvers = ["dba"]
+mode = "ticket"
+[[rules]]
+name = "secret"
+action = "deny"
+tables = ["secret"]
+"#;
+    let p = Policy::from_toml(src).unwrap();
+    assert_eq!(decide(&p, "SELECT * FROM secret", "c").rule().unwrap().as_str(), "rule:secret");
+    let d = decide(&p, "SELECT 1", "c");
+    assert_eq!(d.rule().unwrap().as_str(), "rule:hold");
+    assert!(matches!(d, Decision::RequireApproval { mode: ApprovalMode::Ticket, min_approvals: 1, .. }));
+    assert_eq!(decide(&p, "SHOW x", "c"), Decision::Allow { basis: AllowBasis::Rule(decide(&p, "SHOW y", "c").rule().cloned().unwrap()) });
+}
+
+#[test]
+fn default_deny_and_allow_rules() {
+    let src = r#"
+version = "x"
+default = "deny"
+[[rules]]
+name = "reads"
+action = "allow"
+kinds = ["select", "show", "set"]
+"#;
+    let p = Policy::from_toml(src).unwrap();
+    assert_eq!(decide(&p, "SELECT 1", "c").label(), "allow");
+    let d = decide(&p, "INSERT INTO t VALUES (1)", "c");
+    assert_eq!(d.rule().unwrap().as_str(), "policy:default");
+    // With a deny default, unparseable text is refused even without presets.
+    assert_eq!(decide(&p, "SELEC 1", "c").rule().unwrap().as_str(), "policy:unparseable");
+}
+
+#[test]
+fn unparseable_is_allowed_only_where_nothing_restricts() {
+    let p = Policy::from_toml(BASE).unwrap();
+    // `no-secrets` applies everywhere, so every connection is restricted.
+    assert_eq!(decide(&p, "SELEC 1", "dev").label(), "deny");
+    let open = Policy::from_toml("version = \"1\"\n[[presets]]\nenable = [\"read_only\"]\nconnections = [\"ro\"]\n").unwrap();
+    assert_eq!(decide(&open, "SELEC 1", "dev"), Decision::Allow { basis: AllowBasis::Unanalyzed });
+    assert_eq!(decide(&open, "SELEC 1", "ro").rule().unwrap().as_str(), "policy:unparseable");
+    assert_eq!(decide(&open, "", "ro"), Decision::Allow { basis: AllowBasis::Default });
+}
+
+#[test]
+fn tag_scoped_presets_and_rule_conditions() {
+    let src = r#"
+version = "x"
+[[presets]]
+enable = ["no_unbounded_write"]
+tags = { environment = "production", tier = "1" }
+[[rules]]
+name = "fn"
+action = "deny"
+functions = ["pg_sleep"]
+users = ["alice"]
+[[rules]]
+name = "flagged"
+action = "deny"
+flags = ["data_modifying_cte"]
+protocols = ["postgres"]
+[[rules]]
+name = "orders-writes"
+action = "deny"
+writes_to = ["public.orders"]
+"#;
+    let p = Policy::from_toml(src).unwrap();
+    let groups: Vec<String> = vec![];
+    let prepared = PreparedStatements::new();
+    let run = |sql: &str, tags: &[(&str, &str)]| {
+        let tags: BTreeMap<String, String> = tags.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let statements = classify(sql);
+        let facts = Facts { user: "alice", groups: &groups, connection: "c", tags: &tags, protocol: "postgres", sql, statements: &statements, prepared: &prepared, now: t0() };
+        p.evaluate(&facts, &[]).rule().map(|r| r.as_str().to_owned()).unwrap_or_default()
+    };
+    assert_eq!(run("DELETE FROM t", &[("environment", "production"), ("tier", "1")]), "preset:no_unbounded_write");
+    assert_eq!(run("DELETE FROM t", &[("environment", "production")]), "", "all tags must match");
+    assert_eq!(run("SELECT pg_catalog.PG_SLEEP(1)", &[]), "rule:fn");
+    assert_eq!(run("WITH x AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT 1", &[]), "rule:flagged");
+    assert_eq!(run("UPDATE orders SET a = 1 WHERE id = 1", &[]), "rule:orders-writes", "unqualified matches by name");
+    assert_eq!(run("UPDATE public.orders SET a = 1 WHERE id = 1", &[]), "rule:orders-writes");
+    assert_eq!(run("UPDATE archive.orders SET a = 1 WHERE id = 1", &[]), "", "other schema");
+    assert_eq!(run("SELECT * FROM public.orders", &[]), "", "reads are not writes_to");
+}
+
+#[test]
+fn example_policy_loads() {
+    let p = Policy::from_toml(include_str!("../examples/policy.toml")).unwrap();
+    assert_eq!(p.presets().len(), 2);
+    assert_eq!(p.rules().len(), 4);
+    assert!(matches!(p.rules()[2].approval.as_ref().unwrap().mode, ApprovalMode::Hold { timeout } if timeout == Duration::from_secs(300)));
+}
