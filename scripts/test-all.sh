@@ -24,6 +24,8 @@ for a in "$@"; do
 done
 
 export GATEHOUSE_CACHE="${GATEHOUSE_CACHE:-$HOME/.cache/gatehouse}"
+# The TPM tests skip without swtpm on a developer machine; here they must run.
+export GATEHOUSE_REQUIRE_TPM=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$GATEHOUSE_CACHE/target}"
 export CARGO_TERM_COLOR=never
 export DEBIAN_FRONTEND=noninteractive
@@ -94,6 +96,11 @@ install_system_packages() {
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v jq >/dev/null 2>&1 || missing+=(jq)
+  # TPM 2.0: swtpm for the key-store tests, libtss2 for tss-esapi.
+  command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
+  command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
+  command -v tpm2_getcap >/dev/null 2>&1 || missing+=(tpm2-tools)
+  pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev pkg-config)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
   if ! python_has_venv "${PYTHON:-python3}" && ! python_has_venv /usr/bin/python3; then
     missing+=(python3-venv)

@@ -165,14 +165,17 @@ fn kind_names(stmt: &Statement) -> Vec<String> {
 }
 
 fn table_matches(p: &TablePattern, t: &TableRef) -> bool {
-    // An unqualified reference may resolve to any schema on the search_path: it matches a
-    // schema-qualified pattern by name (conservative for deny and approval rules).
-    let schema_ok = match (&p.schema, &t.schema) {
-        (None, _) | (Some(_), None) => true,
-        (Some(ps), Some(ts)) => ps == ts,
-    };
-    let name_ok = p.name.as_ref().is_none_or(|n| n == &t.name);
-    schema_ok && name_ok
+    match (&p.schema, &p.name, &t.schema) {
+        // `name` matches that name in any schema.
+        (None, Some(n), _) => n == &t.name,
+        // `schema.name`: an unqualified reference may resolve to that schema through the
+        // search_path, so it matches by name (conservative for deny and approval rules).
+        (Some(ps), Some(n), ts) => n == &t.name && ts.as_ref().is_none_or(|ts| ts == ps),
+        // `schema.*` matches references qualified with that schema only: matching every
+        // unqualified name would make the pattern match everything.
+        (Some(ps), None, Some(ts)) => ps == ts,
+        (Some(_), None, None) | (None, None, _) => false,
+    }
 }
 
 fn statement_matches(r: &Rule, stmt: &Statement) -> bool {

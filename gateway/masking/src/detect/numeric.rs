@@ -119,42 +119,33 @@ fn ssn_dashed(s: &[u8], i: usize) -> Option<usize> {
 
 // ---------------------------------------------------------------- cards
 
-/// Collect digit groups from `i` joined by one consistent single separator (space or dash),
-/// and return the end of the longest prefix of whole groups that is a valid card number.
+/// The run of digit groups from `i` joined by one consistent single separator (space or dash)
+/// must, as a whole, be a valid card number: a card is never cut out of a longer run.
 fn card(s: &[u8], i: usize) -> Option<usize> {
     let mut digits = [0u8; CARD_MAX_DIGITS];
     let mut nd = 0usize;
     let mut sep: Option<u8> = None;
     let mut p = i;
-    let mut best = None;
     loop {
         let e = digits_end(s, p);
         let glen = e - p;
-        if nd + glen > CARD_MAX_DIGITS {
-            // Part of a longer grouped digit run: no card inside it.
-            return None;
-        }
         // Grouped numbers use groups of at least 3 digits (4-4-4-4, 4-6-5, 4-6-4, 6-13).
-        if sep.is_some() && glen < 3 {
-            break;
+        if nd + glen > CARD_MAX_DIGITS || (sep.is_some() && glen < 3) {
+            return None;
         }
         digits[nd..nd + glen].copy_from_slice(&s[p..e]);
         nd += glen;
-        if nd >= CARD_MIN_DIGITS && clean_card_end(s, e) && card_valid(&digits[..nd]) {
-            best = Some(e);
-        }
         let c = at(s, e);
-        let sep_ok = matches!(c, b' ' | b'-') && sep.is_none_or(|x| x == c);
-        if !sep_ok || !at(s, e + 1).is_ascii_digit() {
-            break;
+        if matches!(c, b' ' | b'-') && at(s, e + 1).is_ascii_digit() {
+            if sep.is_some_and(|x| x != c) || glen < 3 {
+                return None;
+            }
+            sep = Some(c);
+            p = e + 1;
+            continue;
         }
-        if sep.is_none() && glen < 3 {
-            break;
-        }
-        sep = Some(c);
-        p = e + 1;
+        return (nd >= CARD_MIN_DIGITS && clean_card_end(s, e) && card_valid(&digits[..nd])).then_some(e);
     }
-    best
 }
 
 fn clean_card_end(s: &[u8], end: usize) -> bool {

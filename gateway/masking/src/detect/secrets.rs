@@ -284,6 +284,8 @@ fn secret_name(name: &[u8]) -> bool {
 }
 
 fn ignorable_value(v: &[u8]) -> bool {
+    // `password: null.` — sentence punctuation is not part of the placeholder.
+    let v = v.strip_suffix(b".").unwrap_or(v);
     const IGNORE: [&[u8]; 7] = [b"true", b"false", b"null", b"none", b"nil", b"undefined", b"redacted"];
     IGNORE.iter().any(|w| v.eq_ignore_ascii_case(w))
         || v.starts_with(b"[REDACTED")

@@ -186,7 +186,11 @@ pub fn email(r: &mut Rng) -> String {
 
 pub fn phone(r: &mut Rng) -> String {
     let nxx = |r: &mut Rng| format!("{}{}", r.range(2, 9), r.digits(2));
-    match r.below(14) {
+    match r.below(18) {
+        14 => format!("+1 ({}) {}-{}", nxx(r), nxx(r), r.digits(4)),
+        15 => format!("+44 (0)20 {} {}", r.range(3000, 8999), r.digits(4)),
+        16 => format!("1 ({}) {}-{}", nxx(r), nxx(r), r.digits(4)),
+        17 => format!("+{}{}{}", 1, nxx(r), format!("{}{}", nxx(r), r.digits(4))),
         0 => format!("({}) {}-{}", nxx(r), nxx(r), r.digits(4)),
         1 => format!("{}-{}-{}", nxx(r), nxx(r), r.digits(4)),
         2 => format!("{}.{}.{}", nxx(r), nxx(r), r.digits(4)),
