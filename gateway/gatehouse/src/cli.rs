@@ -340,3 +340,75 @@ pub fn config(config: &Path, cmd: ConfigCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+#[derive(Debug, Subcommand)]
+pub enum BoardCommand {
+    /// Provision the key store (first boot): data keys and the signing key.
+    Init,
+    /// Show the key-store backend, the TPM, key ids and the signing public key.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn board(config: &Path, cmd: BoardCommand) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::load(config)?;
+    let cfg = &loaded.config;
+    let json = matches!(cmd, BoardCommand::Status { json: true });
+    let tpm_info = match cfg.key_store.backend {
+        crate::config::KeyStoreBackend::Tpm => Some(state::open_tpm(cfg)?.info()),
+        crate::config::KeyStoreBackend::Software => None,
+    };
+    let keys = state::open_keys(cfg)?;
+    let mut data_keys = serde_json::Map::new();
+    for p in gatehouse_board::KeyPurpose::ALL {
+        let k = keys.data_key(p)?;
+        data_keys.insert(p.as_str().into(), k.id().as_str().into());
+    }
+    let facts = gatehouse_board::facts::BoardFacts::detect();
+    let v = serde_json::json!({
+        "backend": keys.backend().to_string(),
+        "hardware_backed": keys.backend().is_hardware_backed(),
+        "key_dir": cfg.keys_dir(),
+        "tpm": tpm_info.as_ref().map(|i| serde_json::json!({
+            "manufacturer": i.manufacturer,
+            "vendor": i.vendor,
+            "firmware_version": i.firmware_version,
+            "spec_revision": i.spec_revision,
+            "tcti": cfg.key_store.tcti,
+            "pcrs": cfg.key_store.pcrs,
+        })),
+        "data_keys": data_keys,
+        "signing_key": {
+            "id": keys.signing_key_id()?.as_str(),
+            "scheme": keys.signature_scheme().as_str(),
+            "public_key": hex::encode(keys.signing_public_key()?),
+        },
+        "board": {
+            "tpm_device": facts.tpm_device,
+            "watchdog_device": facts.watchdog_device,
+        },
+    });
+    if json {
+        println!("{v}");
+    } else {
+        println!("key store:   {}", keys.backend());
+        if let Some(i) = &tpm_info {
+            println!(
+                "tpm:         {} {} firmware {} (TPM 2.0 rev {}) via {}",
+                i.manufacturer, i.vendor, i.firmware_version, i.spec_revision, cfg.key_store.tcti
+            );
+        }
+        for (p, id) in &data_keys {
+            println!("data key:    {p} {}", id.as_str().unwrap_or(""));
+        }
+        println!(
+            "signing key: {} ({}) {}",
+            keys.signing_key_id()?.as_str(),
+            keys.signature_scheme().as_str(),
+            hex::encode(keys.signing_public_key()?)
+        );
+    }
+    Ok(())
+}

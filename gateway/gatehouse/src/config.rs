@@ -33,6 +33,44 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub connections: Vec<ConnectionConfig>,
+    #[serde(default)]
+    pub key_store: KeyStoreConfig,
+}
+
+/// Where keys live: the TPM on an appliance, files in the data dir for development.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStoreBackend {
+    #[default]
+    Software,
+    Tpm,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyStoreConfig {
+    #[serde(default)]
+    pub backend: KeyStoreBackend,
+    /// TSS2 TCTI string of the TPM.
+    #[serde(default = "default_tcti")]
+    pub tcti: String,
+    /// SHA-256 PCRs the sealed keys are bound to (empty: no PCR policy).
+    #[serde(default)]
+    pub pcrs: Vec<u8>,
+}
+
+impl Default for KeyStoreConfig {
+    fn default() -> Self {
+        KeyStoreConfig {
+            backend: KeyStoreBackend::Software,
+            tcti: default_tcti(),
+            pcrs: Vec::new(),
+        }
+    }
+}
+
+fn default_tcti() -> String {
+    "device:/dev/tpmrm0".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +362,12 @@ impl Config {
                 }
             }
         }
+        if self.key_store.pcrs.iter().any(|p| *p > 23) {
+            return Err("key_store.pcrs: PCR indexes are 0-23".into());
+        }
+        if self.key_store.tcti.is_empty() {
+            return Err("key_store.tcti is empty".into());
+        }
         if self.identity.leeway_seconds > 300 {
             return Err("identity.leeway_seconds: at most 300".into());
         }
@@ -364,7 +408,10 @@ impl Config {
     }
 
     pub fn keys_dir(&self) -> PathBuf {
-        self.gateway.data_dir.join("keys")
+        match self.key_store.backend {
+            KeyStoreBackend::Software => self.gateway.data_dir.join("keys"),
+            KeyStoreBackend::Tpm => self.gateway.data_dir.join("tpm"),
+        }
     }
 
     pub fn dev_issuer_dir(&self) -> PathBuf {

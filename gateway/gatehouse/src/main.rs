@@ -47,6 +47,9 @@ enum Command {
     /// Validate the configuration.
     #[command(subcommand)]
     Config(cli::ConfigCommand),
+    /// Key store and board: provision, status.
+    #[command(subcommand)]
+    Board(cli::BoardCommand),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Connection(cmd) => cli::connection(&cli.config, cmd),
         Command::Audit(cmd) => cli::audit(&cli.config, cmd),
         Command::Config(cmd) => cli::config(&cli.config, cmd),
+        Command::Board(cmd) => cli::board(&cli.config, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

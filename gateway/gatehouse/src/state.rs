@@ -7,10 +7,11 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use gatehouse_audit::{AuditStore, EventKind, Record, StoreOptions, Synchronous};
 use gatehouse_board::{KeyStore, SoftwareKeyStore};
+use gatehouse_board_tpm::{TpmKeyStore, TpmOptions};
 use gatehouse_identity::{DevIssuer, Verifier, VerifierOptions};
 use gatehouse_vault::Vault;
 
-use crate::config::{AuditSynchronous, Config, LoadedConfig};
+use crate::config::{AuditSynchronous, Config, KeyStoreBackend, LoadedConfig};
 use crate::pg::cancel::CancelRegistry;
 
 /// Shared state of a running gateway.
@@ -77,9 +78,19 @@ impl Gateway {
 }
 
 pub fn open_keys(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
-    let ks =
-        SoftwareKeyStore::open_or_create(&config.keys_dir()).context("opening the key store")?;
-    Ok(Arc::new(ks))
+    Ok(match config.key_store.backend {
+        KeyStoreBackend::Software => Arc::new(
+            SoftwareKeyStore::open_or_create(&config.keys_dir())
+                .context("opening the software key store")?,
+        ),
+        KeyStoreBackend::Tpm => Arc::new(open_tpm(config)?),
+    })
+}
+
+pub fn open_tpm(config: &Config) -> anyhow::Result<TpmKeyStore> {
+    let opts = TpmOptions::with_pcr_policy(&config.key_store.pcrs);
+    TpmKeyStore::open_or_provision_with(&config.key_store.tcti, &config.keys_dir(), &opts)
+        .context("opening the TPM key store")
 }
 
 pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {

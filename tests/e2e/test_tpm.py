@@ -1,0 +1,127 @@
+"""The gateway with its keys in a TPM 2.0 (a real swtpm): the vault credential is sealed and
+unsealed through the TPM, and a different TPM is refused without touching any data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import CANARY, stop_process
+
+
+def _free_port_pair() -> int:
+    """A port P with P+1 also free: the TSS swtpm connector uses P+1 for control."""
+    for _ in range(50):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port >= 65535:
+            continue
+        t = socket.socket()
+        try:
+            t.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+        finally:
+            t.close()
+    raise RuntimeError("no free port pair")
+
+
+class Swtpm:
+    def __init__(self, state: Path):
+        self.state = state
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port_pair()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state}",
+             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+             "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+             "--flags", "not-need-init,startup-clear"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("swtpm did not start")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+@pytest.fixture
+def swtpm(tmp_path):
+    if shutil.which("swtpm") is None:
+        pytest.fail("swtpm is not installed (scripts/test-all.sh installs it)")
+    tpm = Swtpm(tmp_path / "tpm-state")
+    tpm.start()
+    yield tpm
+    tpm.stop()
+
+
+def _tpm_toml(tpm: Swtpm) -> str:
+    return f'\n[key_store]\nbackend = "tpm"\ntcti = "{tpm.tcti}"\n'
+
+
+def _digest_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_session_through_tpm_sealed_vault(gatehouse, swtpm):
+    gw = gatehouse(extra_toml=_tpm_toml(swtpm), env={"TSS2_LOG": "all+none"})
+    status = json.loads(gw.cli("board", "status", "--json").stdout)
+    assert status["backend"] == "tpm2"
+    assert status["hardware_backed"] is True
+    assert status["tpm"]["manufacturer"], status
+    assert status["signing_key"]["scheme"] == "ecdsa-p256-sha256"
+    assert len(bytes.fromhex(status["signing_key"]["public_key"])) == 65
+
+    token = gw.token("tpm-user")
+    out = gw.psql("tpm-user", token, "-At", "-c", "select current_user, 40 + 2").stdout
+    assert out.strip() == "gh_app|42"
+
+    # The vaulted password is nowhere in the data dir in the clear.
+    for p in gw.data_dir.rglob("*"):
+        if p.is_file():
+            assert CANARY.encode() not in p.read_bytes(), p
+
+
+def test_another_tpm_is_refused_and_nothing_is_touched(gatehouse, swtpm, tmp_path):
+    gw = gatehouse(start=False, extra_toml=_tpm_toml(swtpm), env={"TSS2_LOG": "all+none"})
+    before = _digest_tree(gw.data_dir)
+    assert any(k.startswith("tpm/") for k in before), before
+    swtpm.stop()
+
+    other = Swtpm(tmp_path / "other-tpm-state")
+    other.start()
+    try:
+        text = gw.config.read_text().replace(swtpm.tcti, other.tcti)
+        gw.config.write_text(text)
+        p = gw.cli("serve", check=False, timeout=60)
+        assert p.returncode != 0
+        assert "belong to another TPM" in p.stderr, p.stderr
+        assert CANARY not in p.stderr + p.stdout
+        p = gw.cli("connection", "list", check=False)
+        assert p.returncode != 0
+        assert _digest_tree(gw.data_dir) == before
+    finally:
+        other.stop()
