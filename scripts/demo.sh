@@ -10,6 +10,11 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/
     # The package may start a system cluster; the demo runs its own.
     (service postgresql stop || pg_ctlcluster --help >/dev/null 2>&1) >/dev/null 2>&1 || true
 fi
+if ! pkg-config --exists tss2-esys 2>/dev/null; then
+    echo "demo: installing the TPM 2.0 library headers (libtss2-dev) the build links against" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtss2-dev pkg-config >/dev/null
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gatehouse/target}"
 cargo build --release --locked -p gatehouse
 exec "$CARGO_TARGET_DIR/release/gatehouse" demo "$@"
