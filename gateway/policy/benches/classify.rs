@@ -27,18 +27,31 @@ fn main() {
     for _ in 0..ROUNDS {
         for case in &corpus.cases {
             let tags = &corpus.connections[case.connection()].tags;
-            let opts = ParseOptions { standard_conforming_strings: case.scs.unwrap_or(true) };
+            let opts = ParseOptions {
+                standard_conforming_strings: case.scs.unwrap_or(true),
+            };
             let start = Instant::now();
             let stmts = classify_with(&case.sql, opts);
             let parsed = start.elapsed();
-            let d = corpus.decide("alice", &groups, case.connection(), tags, &case.sql, &stmts, &prepared);
+            let d = corpus.decide(
+                "alice",
+                &groups,
+                case.connection(),
+                tags,
+                &case.sql,
+                &stmts,
+                &prepared,
+            );
             let total = start.elapsed();
             std::hint::black_box(d);
             parse_us.push(parsed.as_secs_f64() * 1e6);
             total_us.push(total.as_secs_f64() * 1e6);
         }
     }
-    for (name, v) in [("classify", &mut parse_us), ("classify+evaluate", &mut total_us)] {
+    for (name, v) in [
+        ("classify", &mut parse_us),
+        ("classify+evaluate", &mut total_us),
+    ] {
         v.sort_by(f64::total_cmp);
         println!(
             "{name:>18}: {} requests ({} cases x {ROUNDS}): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",

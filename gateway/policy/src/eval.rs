@@ -9,26 +9,58 @@ pub(crate) fn evaluate(policy: &Policy, facts: &Facts<'_>, grants: &[Grant]) -> 
     let presets = active_presets(policy, facts);
     let statements = match facts.statements {
         Ok(s) => s,
-        Err(e) => return unanalyzable(policy, facts, &presets, "unparseable", &format!("the statement could not be parsed ({e})")),
+        Err(e) => {
+            return unanalyzable(
+                policy,
+                facts,
+                &presets,
+                "unparseable",
+                &format!("the statement could not be parsed ({e})"),
+            )
+        }
     };
-    let mut decision = Decision::Allow { basis: AllowBasis::Default };
+    let mut decision = Decision::Allow {
+        basis: AllowBasis::Default,
+    };
     for stmt in statements {
         let d = judge(policy, facts, grants, &presets, stmt);
-        if d.severity() > decision.severity() || (d.severity() == 0 && matches!(decision, Decision::Allow { basis: AllowBasis::Default })) {
+        if d.severity() > decision.severity()
+            || (d.severity() == 0
+                && matches!(
+                    decision,
+                    Decision::Allow {
+                        basis: AllowBasis::Default
+                    }
+                ))
+        {
             decision = d;
         }
         if let StatementKind::Execute { name } = &stmt.kind {
             let bodies = facts.prepared.resolve(name);
             let d = if bodies.is_empty() {
-                unanalyzable(policy, facts, &presets, "unknown_prepared", &format!("EXECUTE {name}: no PREPARE for it was seen on this session"))
+                unanalyzable(
+                    policy,
+                    facts,
+                    &presets,
+                    "unknown_prepared",
+                    &format!("EXECUTE {name}: no PREPARE for it was seen on this session"),
+                )
             } else {
-                bodies.iter().map(|b| judge(policy, facts, grants, &presets, b)).fold(Decision::Allow { basis: AllowBasis::Default }, |acc, d| {
-                    if d.severity() > acc.severity() {
-                        d
-                    } else {
-                        acc
-                    }
-                })
+                bodies
+                    .iter()
+                    .map(|b| judge(policy, facts, grants, &presets, b))
+                    .fold(
+                        Decision::Allow {
+                            basis: AllowBasis::Default,
+                        },
+                        |acc, d| {
+                            if d.severity() > acc.severity() {
+                                d
+                            } else {
+                                acc
+                            }
+                        },
+                    )
             };
             if d.severity() > decision.severity() {
                 decision = d;
@@ -45,7 +77,12 @@ fn active_presets(policy: &Policy, facts: &Facts<'_>) -> Vec<Preset> {
     }
     Preset::ALL
         .into_iter()
-        .filter(|p| policy.presets.iter().any(|b| b.enable.contains(p) && scope_matches(&b.scope, facts)))
+        .filter(|p| {
+            policy
+                .presets
+                .iter()
+                .any(|b| b.enable.contains(p) && scope_matches(&b.scope, facts))
+        })
         .collect()
 }
 
@@ -66,9 +103,19 @@ fn applies(rule: &Rule, facts: &Facts<'_>) -> bool {
 }
 
 /// Input that cannot be judged: deny if anything restricts this connection and user.
-fn unanalyzable(policy: &Policy, facts: &Facts<'_>, presets: &[Preset], what: &str, why: &str) -> Decision {
-    let restricting_rule = policy.rules.iter().find(|r| r.action != Action::Allow && applies(r, facts));
-    let restricted = !presets.is_empty() || restricting_rule.is_some() || policy.default == DefaultAction::Deny;
+fn unanalyzable(
+    policy: &Policy,
+    facts: &Facts<'_>,
+    presets: &[Preset],
+    what: &str,
+    why: &str,
+) -> Decision {
+    let restricting_rule = policy
+        .rules
+        .iter()
+        .find(|r| r.action != Action::Allow && applies(r, facts));
+    let restricted =
+        !presets.is_empty() || restricting_rule.is_some() || policy.default == DefaultAction::Deny;
     if restricted {
         let by = match (presets.first(), restricting_rule) {
             (Some(p), _) => format!("preset {}", p.name()),
@@ -80,31 +127,62 @@ fn unanalyzable(policy: &Policy, facts: &Facts<'_>, presets: &[Preset], what: &s
             reason: format!("{why}; this connection is restricted by {by}, so what cannot be analysed is refused"),
         }
     } else {
-        Decision::Allow { basis: AllowBasis::Unanalyzed }
+        Decision::Allow {
+            basis: AllowBasis::Unanalyzed,
+        }
     }
 }
 
 /// One statement through presets and rules.
-fn judge(policy: &Policy, facts: &Facts<'_>, grants: &[Grant], presets: &[Preset], stmt: &Statement) -> Decision {
+fn judge(
+    policy: &Policy,
+    facts: &Facts<'_>,
+    grants: &[Grant],
+    presets: &[Preset],
+    stmt: &Statement,
+) -> Decision {
     for &p in presets {
         if let Some(why) = preset_denies(p, stmt) {
-            return Decision::Deny { rule: RuleId::preset(p), reason: format!("{why} (preset {})", p.name()) };
+            return Decision::Deny {
+                rule: RuleId::preset(p),
+                reason: format!("{why} (preset {})", p.name()),
+            };
         }
     }
     // Code the classifier cannot see into could do whatever any active preset forbids: the first
     // active preset refuses it.
-    if let (Some(&p), Some(d)) = (presets.first(), stmt.dangerous.iter().find(|d| matches!(d, Danger::DynamicSql(_)))) {
+    if let (Some(&p), Some(d)) = (
+        presets.first(),
+        stmt.dangerous
+            .iter()
+            .find(|d| matches!(d, Danger::DynamicSql(_))),
+    ) {
         return Decision::Deny {
             rule: RuleId::preset(p),
-            reason: format!("{d} runs code that cannot be analysed, so it cannot be checked (preset {})", p.name()),
+            reason: format!(
+                "{d} runs code that cannot be analysed, so it cannot be checked (preset {})",
+                p.name()
+            ),
         };
     }
-    let matching: Vec<&Rule> = policy.rules.iter().filter(|r| applies(r, facts) && statement_matches(r, stmt)).collect();
+    let matching: Vec<&Rule> = policy
+        .rules
+        .iter()
+        .filter(|r| applies(r, facts) && statement_matches(r, stmt))
+        .collect();
     if let Some(r) = matching.iter().find(|r| r.action == Action::Deny) {
-        return Decision::Deny { rule: RuleId::rule(&r.name), reason: rule_reason(r, "denied") };
+        return Decision::Deny {
+            rule: RuleId::rule(&r.name),
+            reason: rule_reason(r, "denied"),
+        };
     }
-    for r in matching.iter().filter(|r| r.action == Action::RequireApproval) {
-        let Some(approval) = &r.approval else { continue };
+    for r in matching
+        .iter()
+        .filter(|r| r.action == Action::RequireApproval)
+    {
+        let Some(approval) = &r.approval else {
+            continue;
+        };
         match grants.iter().find(|g| grant_covers(g, r, stmt, facts)) {
             Some(_) => continue,
             None => {
@@ -119,19 +197,34 @@ fn judge(policy: &Policy, facts: &Facts<'_>, grants: &[Grant], presets: &[Preset
         }
     }
     // Every approval rule that matched is covered by a grant: record the first.
-    if let Some(r) = matching.iter().find(|r| r.action == Action::RequireApproval) {
+    if let Some(r) = matching
+        .iter()
+        .find(|r| r.action == Action::RequireApproval)
+    {
         if let Some(g) = grants.iter().find(|g| grant_covers(g, r, stmt, facts)) {
-            return Decision::Allow { basis: AllowBasis::Grant { rule: RuleId::rule(&r.name), grant: g.id.clone() } };
+            return Decision::Allow {
+                basis: AllowBasis::Grant {
+                    rule: RuleId::rule(&r.name),
+                    grant: g.id.clone(),
+                },
+            };
         }
     }
     if let Some(r) = matching.iter().find(|r| r.action == Action::Allow) {
-        return Decision::Allow { basis: AllowBasis::Rule(RuleId::rule(&r.name)) };
+        return Decision::Allow {
+            basis: AllowBasis::Rule(RuleId::rule(&r.name)),
+        };
     }
     match policy.default {
-        DefaultAction::Allow => Decision::Allow { basis: AllowBasis::Default },
+        DefaultAction::Allow => Decision::Allow {
+            basis: AllowBasis::Default,
+        },
         DefaultAction::Deny => Decision::Deny {
             rule: RuleId::policy("default"),
-            reason: format!("no rule allows {} here and the policy default is deny", stmt.kind.name()),
+            reason: format!(
+                "no rule allows {} here and the policy default is deny",
+                stmt.kind.name()
+            ),
         },
     }
 }
@@ -158,7 +251,11 @@ fn grant_covers(g: &Grant, r: &Rule, stmt: &Statement, facts: &Facts<'_>) -> boo
 fn kind_names(stmt: &Statement) -> Vec<String> {
     let mut names = stmt.kind.names();
     match &stmt.kind {
-        StatementKind::Prepare { inner, .. } | StatementKind::Explain { analyze: true, inner } => names.extend(kind_names(inner)),
+        StatementKind::Prepare { inner, .. }
+        | StatementKind::Explain {
+            analyze: true,
+            inner,
+        } => names.extend(kind_names(inner)),
         _ => {}
     }
     names
@@ -180,12 +277,22 @@ fn table_matches(p: &TablePattern, t: &TableRef) -> bool {
 
 fn statement_matches(r: &Rule, stmt: &Statement) -> bool {
     let m = &r.statement;
-    let any_table = |pats: &[TablePattern], refs: &[TableRef]| pats.is_empty() || refs.iter().any(|t| pats.iter().any(|p| table_matches(p, t)));
+    let any_table = |pats: &[TablePattern], refs: &[TableRef]| {
+        pats.is_empty()
+            || refs
+                .iter()
+                .any(|t| pats.iter().any(|p| table_matches(p, t)))
+    };
     (m.kinds.is_empty() || kind_names(stmt).iter().any(|k| m.kinds.contains(k)))
         && any_table(&m.tables, &stmt.tables)
         && any_table(&m.writes_to, &stmt.writes)
         && m.writes.is_none_or(|w| w == stmt.is_write())
-        && (m.flags.is_empty() || stmt.flags.named().iter().any(|(n, on)| *on && m.flags.contains(*n)))
+        && (m.flags.is_empty()
+            || stmt
+                .flags
+                .named()
+                .iter()
+                .any(|(n, on)| *on && m.flags.contains(*n)))
         && (m.dangers.is_empty() || stmt.dangerous.iter().any(|d| m.dangers.contains(d.name())))
         && (m.functions.is_empty()
             || stmt.functions.iter().any(|f| {
@@ -206,7 +313,9 @@ fn preset_denies(p: Preset, stmt: &Statement) -> Option<String> {
             K::Truncate => Some("TRUNCATE is not allowed".into()),
             _ => None,
         },
-        Preset::NoUnboundedWrite => stmt.flags.unbounded_write.then(|| "DELETE/UPDATE without a WHERE clause that names a column is not allowed".into()),
+        Preset::NoUnboundedWrite => stmt.flags.unbounded_write.then(|| {
+            "DELETE/UPDATE without a WHERE clause that names a column is not allowed".into()
+        }),
         Preset::NoPrivilegeChanges => {
             let kind = match &stmt.kind {
                 K::Grant => Some("GRANT"),
@@ -226,13 +335,25 @@ fn preset_denies(p: Preset, stmt: &Statement) -> Option<String> {
             stmt.dangerous
                 .iter()
                 .find(|d| matches!(d, Danger::RoleChange(_) | Danger::ConfigChange(_)))
-                .map(|d| format!("{d} changes privileges or server configuration and is not allowed"))
+                .map(|d| {
+                    format!("{d} changes privileges or server configuration and is not allowed")
+                })
         }
         Preset::NoServerFiles => stmt
             .dangerous
             .iter()
-            .find(|d| matches!(d, Danger::ServerFileAccess(_) | Danger::CopyProgram | Danger::LargeObject(_) | Danger::Dblink(_)))
-            .map(|d| format!("{d} reaches server files, programs or other servers and is not allowed")),
+            .find(|d| {
+                matches!(
+                    d,
+                    Danger::ServerFileAccess(_)
+                        | Danger::CopyProgram
+                        | Danger::LargeObject(_)
+                        | Danger::Dblink(_)
+                )
+            })
+            .map(|d| {
+                format!("{d} reaches server files, programs or other servers and is not allowed")
+            }),
         Preset::NoAdminFunctions => stmt
             .dangerous
             .iter()
@@ -247,7 +368,9 @@ fn read_only_denies(stmt: &Statement) -> Option<String> {
         return Some(format!("{d} is not allowed on a read-only connection"));
     }
     if let Some(t) = stmt.writes.first() {
-        return Some(format!("writing to {t} is not allowed on a read-only connection"));
+        return Some(format!(
+            "writing to {t} is not allowed on a read-only connection"
+        ));
     }
     let read = match &stmt.kind {
         K::Select
@@ -267,7 +390,10 @@ fn read_only_denies(stmt: &Statement) -> Option<String> {
         | K::Listen
         | K::Unlisten
         | K::ResetRole
-        | K::Copy { direction: gatehouse_sql::CopyDirection::To, program: false } => true,
+        | K::Copy {
+            direction: gatehouse_sql::CopyDirection::To,
+            program: false,
+        } => true,
         K::Explain { inner, .. } | K::Prepare { inner, .. } => read_only_denies(inner).is_none(),
         _ => false,
     };
@@ -275,6 +401,9 @@ fn read_only_denies(stmt: &Statement) -> Option<String> {
     if read && !flagged {
         None
     } else {
-        Some(format!("{} is not allowed on a read-only connection", stmt.kind.name().to_ascii_uppercase().replace('_', " ")))
+        Some(format!(
+            "{} is not allowed on a read-only connection",
+            stmt.kind.name().to_ascii_uppercase().replace('_', " ")
+        ))
     }
 }

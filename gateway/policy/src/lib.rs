@@ -33,8 +33,8 @@ use std::time::SystemTime;
 use gatehouse_sql::{ParseError, PreparedStatements, Statement};
 
 pub use model::{
-    Action, Approval, ApprovalMode, DefaultAction, Preset, PresetBlock, Principal, Rule, Scope, StatementMatch, TablePattern,
-    DEFAULT_HOLD, MAX_HOLD,
+    Action, Approval, ApprovalMode, DefaultAction, Preset, PresetBlock, Principal, Rule, Scope,
+    StatementMatch, TablePattern, DEFAULT_HOLD, MAX_HOLD,
 };
 
 /// Everything known about one request, borrowed from the session.
@@ -104,9 +104,20 @@ pub enum AllowBasis {
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allow { basis: AllowBasis },
-    Deny { rule: RuleId, reason: String },
-    RequireApproval { rule: RuleId, reason: String, approvers: Vec<String>, min_approvals: u32, mode: ApprovalMode },
+    Allow {
+        basis: AllowBasis,
+    },
+    Deny {
+        rule: RuleId,
+        reason: String,
+    },
+    RequireApproval {
+        rule: RuleId,
+        reason: String,
+        approvers: Vec<String>,
+        min_approvals: u32,
+        mode: ApprovalMode,
+    },
 }
 
 impl Decision {
@@ -122,7 +133,9 @@ impl Decision {
     /// The deciding rule, if any (a default allow has none).
     pub fn rule(&self) -> Option<&RuleId> {
         match self {
-            Decision::Allow { basis: AllowBasis::Rule(r) | AllowBasis::Grant { rule: r, .. } } => Some(r),
+            Decision::Allow {
+                basis: AllowBasis::Rule(r) | AllowBasis::Grant { rule: r, .. },
+            } => Some(r),
             Decision::Allow { .. } => None,
             Decision::Deny { rule, .. } | Decision::RequireApproval { rule, .. } => Some(rule),
         }
@@ -181,7 +194,11 @@ impl PolicyError {
             }
             None => (0, 0),
         };
-        Self { line, column, message: message.trim().to_owned() }
+        Self {
+            line,
+            column,
+            message: message.trim().to_owned(),
+        }
     }
 }
 

@@ -245,18 +245,30 @@ pub(crate) struct Parsed {
 }
 
 pub(crate) fn parse(src: &str) -> Result<Parsed, PolicyError> {
-    let raw: RawPolicy = toml::from_str(src).map_err(|e| PolicyError::at(src, e.span().map(|s| s.start), e.message()))?;
+    let raw: RawPolicy = toml::from_str(src)
+        .map_err(|e| PolicyError::at(src, e.span().map(|s| s.start), e.message()))?;
     if raw.version.get_ref().trim().is_empty() {
-        return Err(PolicyError::at(src, Some(raw.version.span().start), "version must not be empty"));
+        return Err(PolicyError::at(
+            src,
+            Some(raw.version.span().start),
+            "version must not be empty",
+        ));
     }
     let mut presets = Vec::new();
     for p in raw.presets {
         if p.enable.get_ref().is_empty() {
-            return Err(PolicyError::at(src, Some(p.enable.span().start), "enable must name at least one preset"));
+            return Err(PolicyError::at(
+                src,
+                Some(p.enable.span().start),
+                "enable must name at least one preset",
+            ));
         }
         presets.push(PresetBlock {
             enable: p.enable.into_inner().into_iter().collect(),
-            scope: Scope { connections: p.connections.into_iter().collect(), tags: p.tags },
+            scope: Scope {
+                connections: p.connections.into_iter().collect(),
+                tags: p.tags,
+            },
         });
     }
     let mut names = BTreeSet::new();
@@ -264,25 +276,47 @@ pub(crate) fn parse(src: &str) -> Result<Parsed, PolicyError> {
     for r in raw.rules {
         rules.push(rule(src, r, &mut names)?);
     }
-    Ok(Parsed { version: raw.version.into_inner(), default: raw.default, presets, rules })
+    Ok(Parsed {
+        version: raw.version.into_inner(),
+        default: raw.default,
+        presets,
+        rules,
+    })
 }
 
 fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, PolicyError> {
-    let err = |span: std::ops::Range<usize>, msg: String| PolicyError::at(src, Some(span.start), &msg);
+    let err =
+        |span: std::ops::Range<usize>, msg: String| PolicyError::at(src, Some(span.start), &msg);
     let name = r.name.get_ref().clone();
-    let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid_name {
-        return Err(err(r.name.span(), format!("rule name {name:?} must be non-empty ASCII letters, digits, '-' or '_'")));
+        return Err(err(
+            r.name.span(),
+            format!("rule name {name:?} must be non-empty ASCII letters, digits, '-' or '_'"),
+        ));
     }
     if !names.insert(name.clone()) {
         return Err(err(r.name.span(), format!("duplicate rule name {name:?}")));
     }
-    let names_in = |list: &[Spanned<String>], allowed: &[&str], what: &str| -> Result<BTreeSet<String>, PolicyError> {
+    let names_in = |list: &[Spanned<String>],
+                    allowed: &[&str],
+                    what: &str|
+     -> Result<BTreeSet<String>, PolicyError> {
         let mut out = BTreeSet::new();
         for item in list {
             let v = item.get_ref().to_ascii_lowercase();
-            if !allowed.contains(&v.as_str()) && !(what == "kind" && is_detailed_kind(&v)) {
-                return Err(err(item.span(), format!("unknown {what} {v:?}; expected one of: {}", allowed.join(", "))));
+            let known = allowed.contains(&v.as_str()) || (what == "kind" && is_detailed_kind(&v));
+            if !known {
+                return Err(err(
+                    item.span(),
+                    format!(
+                        "unknown {what} {v:?}; expected one of: {}",
+                        allowed.join(", ")
+                    ),
+                ));
             }
             out.insert(v);
         }
@@ -292,7 +326,19 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
     let flags = names_in(&r.flags, gatehouse_sql::FLAG_NAMES, "flag")?;
     let dangers = names_in(&r.dangers, gatehouse_sql::DANGER_NAMES, "danger")?;
     let patterns = |list: &[Spanned<String>]| -> Result<Vec<TablePattern>, PolicyError> {
-        list.iter().map(|p| table_pattern(p.get_ref()).ok_or_else(|| err(p.span(), format!("bad table pattern {:?}; use name, schema.name or schema.*", p.get_ref())))).collect()
+        list.iter()
+            .map(|p| {
+                table_pattern(p.get_ref()).ok_or_else(|| {
+                    err(
+                        p.span(),
+                        format!(
+                            "bad table pattern {:?}; use name, schema.name or schema.*",
+                            p.get_ref()
+                        ),
+                    )
+                })
+            })
+            .collect()
     };
     let tables = patterns(&r.tables)?;
     let writes_to = patterns(&r.writes_to)?;
@@ -328,7 +374,10 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
         name,
         action: r.action,
         reason: r.reason,
-        scope: Scope { connections: r.connections.into_iter().collect(), tags: r.tags },
+        scope: Scope {
+            connections: r.connections.into_iter().collect(),
+            tags: r.tags,
+        },
         principal: Principal {
             users: r.users.into_iter().collect(),
             groups: r.groups.into_iter().collect(),
@@ -341,7 +390,11 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
             writes: r.writes,
             flags,
             dangers,
-            functions: r.functions.into_iter().map(|f| f.to_ascii_lowercase()).collect(),
+            functions: r
+                .functions
+                .into_iter()
+                .map(|f| f.to_ascii_lowercase())
+                .collect(),
         },
         approval,
     })
@@ -350,16 +403,31 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
 /// `drop_table`, `create_index`, `alter_owner`: the detailed kind names of
 /// [`gatehouse_sql::StatementKind::names`].
 fn is_detailed_kind(v: &str) -> bool {
-    ["drop_", "create_", "alter_"].iter().any(|p| v.strip_prefix(p).is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_lowercase() || c == '_')))
+    ["drop_", "create_", "alter_"].iter().any(|p| {
+        v.strip_prefix(p).is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+    })
 }
 
 fn table_pattern(s: &str) -> Option<TablePattern> {
     let ident_ok = |p: &str| !p.is_empty() && !p.contains(char::is_whitespace);
     match s.split_once('.') {
-        None if ident_ok(s) && s != "*" => Some(TablePattern { schema: None, name: Some(s.to_owned()) }),
-        Some((schema, "*")) if ident_ok(schema) => Some(TablePattern { schema: Some(schema.to_owned()), name: None }),
-        Some((schema, name)) if ident_ok(schema) && ident_ok(name) && !name.contains('.') && name != "*" => {
-            Some(TablePattern { schema: Some(schema.to_owned()), name: Some(name.to_owned()) })
+        None if ident_ok(s) && s != "*" => Some(TablePattern {
+            schema: None,
+            name: Some(s.to_owned()),
+        }),
+        Some((schema, "*")) if ident_ok(schema) => Some(TablePattern {
+            schema: Some(schema.to_owned()),
+            name: None,
+        }),
+        Some((schema, name))
+            if ident_ok(schema) && ident_ok(name) && !name.contains('.') && name != "*" =>
+        {
+            Some(TablePattern {
+                schema: Some(schema.to_owned()),
+                name: Some(name.to_owned()),
+            })
         }
         _ => None,
     }

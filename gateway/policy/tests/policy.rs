@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use gatehouse_policy::{AllowBasis, ApprovalMode, Decision, Facts, Grant, GrantScope, Policy, PolicyError};
+use gatehouse_policy::{
+    AllowBasis, ApprovalMode, Decision, Facts, Grant, GrantScope, Policy, PolicyError,
+};
 use gatehouse_sql::{classify, PreparedStatements};
 
 const BASE: &str = r#"
@@ -35,12 +37,28 @@ fn t0() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
 }
 
-fn decide_with(policy: &Policy, sql: &str, connection: &str, grants: &[Grant], now: SystemTime) -> Decision {
+fn decide_with(
+    policy: &Policy,
+    sql: &str,
+    connection: &str,
+    grants: &[Grant],
+    now: SystemTime,
+) -> Decision {
     let tags = BTreeMap::new();
     let groups = vec!["agents".to_owned()];
     let statements = classify(sql);
     let prepared = PreparedStatements::new();
-    let facts = Facts { user: "alice", groups: &groups, connection, tags: &tags, protocol: "postgres", sql, statements: &statements, prepared: &prepared, now };
+    let facts = Facts {
+        user: "alice",
+        groups: &groups,
+        connection,
+        tags: &tags,
+        protocol: "postgres",
+        sql,
+        statements: &statements,
+        prepared: &prepared,
+        now,
+    };
     policy.evaluate(&facts, grants)
 }
 
@@ -78,7 +96,11 @@ fn load_errors_have_positions() {
         assert_eq!(e.line, *line, "{src}\n{e}");
         assert!(e.column >= 1, "{e}");
         assert!(e.message.contains(needle), "{src}\n{e}");
-        assert!(e.to_string().starts_with(&format!("policy line {line}, column")), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("policy line {line}, column")),
+            "{e}"
+        );
     }
 }
 
@@ -93,23 +115,42 @@ fn hash_and_version() {
     assert_ne!(p.hash(), other.hash(), "the hash is of the source bytes");
     // Known vector: SHA-256 of this exact text.
     let tiny = Policy::from_toml("version = \"1\"\n").unwrap();
-    assert_eq!(tiny.hash(), "47a465cdf1ac00306666d3b73f0b2382a5b92088b3db8cd9e1c4d641eb2a81f5");
+    assert_eq!(
+        tiny.hash(),
+        "47a465cdf1ac00306666d3b73f0b2382a5b92088b3db8cd9e1c4d641eb2a81f5"
+    );
 }
 
 #[test]
 fn approval_carries_the_rule_settings() {
     let p = Policy::from_toml(BASE).unwrap();
     match decide(&p, "INSERT INTO t VALUES (1)", "prod") {
-        Decision::RequireApproval { rule, approvers, min_approvals, mode, reason } => {
+        Decision::RequireApproval {
+            rule,
+            approvers,
+            min_approvals,
+            mode,
+            reason,
+        } => {
             assert_eq!(rule.as_str(), "rule:writes");
             assert_eq!(approvers, vec!["dba".to_owned()]);
             assert_eq!(min_approvals, 2);
-            assert_eq!(mode, ApprovalMode::Hold { timeout: Duration::from_secs(60) });
+            assert_eq!(
+                mode,
+                ApprovalMode::Hold {
+                    timeout: Duration::from_secs(60)
+                }
+            );
             assert!(reason.contains("writes"), "{reason}");
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(decide(&p, "INSERT INTO t VALUES (1)", "dev"), Decision::Allow { basis: AllowBasis::Default });
+    assert_eq!(
+        decide(&p, "INSERT INTO t VALUES (1)", "dev"),
+        Decision::Allow {
+            basis: AllowBasis::Default
+        }
+    );
 }
 
 #[test]
@@ -122,22 +163,71 @@ fn grants_turn_approval_into_allow_until_they_expire() {
         expires_at: t0() + Duration::from_secs(1800),
         scope,
     };
-    let allowed = Decision::Allow { basis: AllowBasis::Grant { rule: decide(&p, "INSERT INTO t VALUES (1)", "prod").rule().cloned().unwrap(), grant: "g-1".into() } };
-    for scope in [GrantScope::Writes, GrantScope::Any, GrantScope::Rule("writes".into())] {
+    let allowed = Decision::Allow {
+        basis: AllowBasis::Grant {
+            rule: decide(&p, "INSERT INTO t VALUES (1)", "prod")
+                .rule()
+                .cloned()
+                .unwrap(),
+            grant: "g-1".into(),
+        },
+    };
+    for scope in [
+        GrantScope::Writes,
+        GrantScope::Any,
+        GrantScope::Rule("writes".into()),
+    ] {
         let g = [grant(scope.clone(), "alice", "prod")];
-        assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1)", "prod", &g, t0()), allowed, "{scope:?}");
+        assert_eq!(
+            decide_with(&p, "INSERT INTO t VALUES (1)", "prod", &g, t0()),
+            allowed,
+            "{scope:?}"
+        );
         // Expired: at and after expires_at.
-        assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1)", "prod", &g, t0() + Duration::from_secs(1800)).label(), "approval");
+        assert_eq!(
+            decide_with(
+                &p,
+                "INSERT INTO t VALUES (1)",
+                "prod",
+                &g,
+                t0() + Duration::from_secs(1800)
+            )
+            .label(),
+            "approval"
+        );
         // A grant never overrides a deny.
-        assert_eq!(decide_with(&p, "DROP TABLE t", "prod", &g, t0()).label(), "deny");
+        assert_eq!(
+            decide_with(&p, "DROP TABLE t", "prod", &g, t0()).label(),
+            "deny"
+        );
     }
-    for g in [grant(GrantScope::Any, "bob", "prod"), grant(GrantScope::Any, "alice", "other"), grant(GrantScope::Rule("nope".into()), "alice", "prod")] {
-        assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1)", "prod", &[g], t0()).label(), "approval");
+    for g in [
+        grant(GrantScope::Any, "bob", "prod"),
+        grant(GrantScope::Any, "alice", "other"),
+        grant(GrantScope::Rule("nope".into()), "alice", "prod"),
+    ] {
+        assert_eq!(
+            decide_with(&p, "INSERT INTO t VALUES (1)", "prod", &[g], t0()).label(),
+            "approval"
+        );
     }
     // Multi-statement: every write part needs the grant; the deny part still denies.
     let g = [grant(GrantScope::Writes, "alice", "prod")];
-    assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1); UPDATE t SET a = 1 WHERE id = 1", "prod", &g, t0()).label(), "allow");
-    assert_eq!(decide_with(&p, "INSERT INTO t VALUES (1); TRUNCATE t", "prod", &g, t0()).label(), "deny");
+    assert_eq!(
+        decide_with(
+            &p,
+            "INSERT INTO t VALUES (1); UPDATE t SET a = 1 WHERE id = 1",
+            "prod",
+            &g,
+            t0()
+        )
+        .label(),
+        "allow"
+    );
+    assert_eq!(
+        decide_with(&p, "INSERT INTO t VALUES (1); TRUNCATE t", "prod", &g, t0()).label(),
+        "deny"
+    );
 }
 
 #[test]
@@ -161,11 +251,29 @@ action = "deny"
 tables = ["secret"]
 "#;
     let p = Policy::from_toml(src).unwrap();
-    assert_eq!(decide(&p, "SELECT * FROM secret", "c").rule().unwrap().as_str(), "rule:secret");
+    assert_eq!(
+        decide(&p, "SELECT * FROM secret", "c")
+            .rule()
+            .unwrap()
+            .as_str(),
+        "rule:secret"
+    );
     let d = decide(&p, "SELECT 1", "c");
     assert_eq!(d.rule().unwrap().as_str(), "rule:hold");
-    assert!(matches!(d, Decision::RequireApproval { mode: ApprovalMode::Ticket, min_approvals: 1, .. }));
-    assert_eq!(decide(&p, "SHOW x", "c"), Decision::Allow { basis: AllowBasis::Rule(decide(&p, "SHOW y", "c").rule().cloned().unwrap()) });
+    assert!(matches!(
+        d,
+        Decision::RequireApproval {
+            mode: ApprovalMode::Ticket,
+            min_approvals: 1,
+            ..
+        }
+    ));
+    assert_eq!(
+        decide(&p, "SHOW x", "c"),
+        Decision::Allow {
+            basis: AllowBasis::Rule(decide(&p, "SHOW y", "c").rule().cloned().unwrap())
+        }
+    );
 }
 
 #[test]
@@ -183,7 +291,10 @@ kinds = ["select", "show", "set"]
     let d = decide(&p, "INSERT INTO t VALUES (1)", "c");
     assert_eq!(d.rule().unwrap().as_str(), "policy:default");
     // With a deny default, unparseable text is refused even without presets.
-    assert_eq!(decide(&p, "SELEC 1", "c").rule().unwrap().as_str(), "policy:unparseable");
+    assert_eq!(
+        decide(&p, "SELEC 1", "c").rule().unwrap().as_str(),
+        "policy:unparseable"
+    );
 }
 
 #[test]
@@ -191,10 +302,26 @@ fn unparseable_is_allowed_only_where_nothing_restricts() {
     let p = Policy::from_toml(BASE).unwrap();
     // `no-secrets` applies everywhere, so every connection is restricted.
     assert_eq!(decide(&p, "SELEC 1", "dev").label(), "deny");
-    let open = Policy::from_toml("version = \"1\"\n[[presets]]\nenable = [\"read_only\"]\nconnections = [\"ro\"]\n").unwrap();
-    assert_eq!(decide(&open, "SELEC 1", "dev"), Decision::Allow { basis: AllowBasis::Unanalyzed });
-    assert_eq!(decide(&open, "SELEC 1", "ro").rule().unwrap().as_str(), "policy:unparseable");
-    assert_eq!(decide(&open, "", "ro"), Decision::Allow { basis: AllowBasis::Default });
+    let open = Policy::from_toml(
+        "version = \"1\"\n[[presets]]\nenable = [\"read_only\"]\nconnections = [\"ro\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        decide(&open, "SELEC 1", "dev"),
+        Decision::Allow {
+            basis: AllowBasis::Unanalyzed
+        }
+    );
+    assert_eq!(
+        decide(&open, "SELEC 1", "ro").rule().unwrap().as_str(),
+        "policy:unparseable"
+    );
+    assert_eq!(
+        decide(&open, "", "ro"),
+        Decision::Allow {
+            basis: AllowBasis::Default
+        }
+    );
 }
 
 #[test]
@@ -223,19 +350,66 @@ writes_to = ["public.orders"]
     let groups: Vec<String> = vec![];
     let prepared = PreparedStatements::new();
     let run = |sql: &str, tags: &[(&str, &str)]| {
-        let tags: BTreeMap<String, String> = tags.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let tags: BTreeMap<String, String> = tags
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
         let statements = classify(sql);
-        let facts = Facts { user: "alice", groups: &groups, connection: "c", tags: &tags, protocol: "postgres", sql, statements: &statements, prepared: &prepared, now: t0() };
-        p.evaluate(&facts, &[]).rule().map(|r| r.as_str().to_owned()).unwrap_or_default()
+        let facts = Facts {
+            user: "alice",
+            groups: &groups,
+            connection: "c",
+            tags: &tags,
+            protocol: "postgres",
+            sql,
+            statements: &statements,
+            prepared: &prepared,
+            now: t0(),
+        };
+        p.evaluate(&facts, &[])
+            .rule()
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default()
     };
-    assert_eq!(run("DELETE FROM t", &[("environment", "production"), ("tier", "1")]), "preset:no_unbounded_write");
-    assert_eq!(run("DELETE FROM t", &[("environment", "production")]), "", "all tags must match");
+    assert_eq!(
+        run(
+            "DELETE FROM t",
+            &[("environment", "production"), ("tier", "1")]
+        ),
+        "preset:no_unbounded_write"
+    );
+    assert_eq!(
+        run("DELETE FROM t", &[("environment", "production")]),
+        "",
+        "all tags must match"
+    );
     assert_eq!(run("SELECT pg_catalog.PG_SLEEP(1)", &[]), "rule:fn");
-    assert_eq!(run("WITH x AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT 1", &[]), "rule:flagged");
-    assert_eq!(run("UPDATE orders SET a = 1 WHERE id = 1", &[]), "rule:orders-writes", "unqualified matches by name");
-    assert_eq!(run("UPDATE public.orders SET a = 1 WHERE id = 1", &[]), "rule:orders-writes");
-    assert_eq!(run("UPDATE archive.orders SET a = 1 WHERE id = 1", &[]), "", "other schema");
-    assert_eq!(run("SELECT * FROM public.orders", &[]), "", "reads are not writes_to");
+    assert_eq!(
+        run(
+            "WITH x AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT 1",
+            &[]
+        ),
+        "rule:flagged"
+    );
+    assert_eq!(
+        run("UPDATE orders SET a = 1 WHERE id = 1", &[]),
+        "rule:orders-writes",
+        "unqualified matches by name"
+    );
+    assert_eq!(
+        run("UPDATE public.orders SET a = 1 WHERE id = 1", &[]),
+        "rule:orders-writes"
+    );
+    assert_eq!(
+        run("UPDATE archive.orders SET a = 1 WHERE id = 1", &[]),
+        "",
+        "other schema"
+    );
+    assert_eq!(
+        run("SELECT * FROM public.orders", &[]),
+        "",
+        "reads are not writes_to"
+    );
 }
 
 #[test]
@@ -243,5 +417,7 @@ fn example_policy_loads() {
     let p = Policy::from_toml(include_str!("../examples/policy.toml")).unwrap();
     assert_eq!(p.presets().len(), 2);
     assert_eq!(p.rules().len(), 4);
-    assert!(matches!(p.rules()[2].approval.as_ref().unwrap().mode, ApprovalMode::Hold { timeout } if timeout == Duration::from_secs(300)));
+    assert!(
+        matches!(p.rules()[2].approval.as_ref().unwrap().mode, ApprovalMode::Hold { timeout } if timeout == Duration::from_secs(300))
+    );
 }

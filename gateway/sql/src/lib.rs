@@ -57,7 +57,9 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        Self { standard_conforming_strings: true }
+        Self {
+            standard_conforming_strings: true,
+        }
     }
 }
 
@@ -109,11 +111,15 @@ pub enum ParseError {
 impl ParseError {
     fn from_pg(e: pg_query::Error) -> Self {
         match e {
-            pg_query::Error::Parse(m) | pg_query::Error::Split(m) | pg_query::Error::Scan(m) => Self::Syntax(m),
+            pg_query::Error::Parse(m) | pg_query::Error::Split(m) | pg_query::Error::Scan(m) => {
+                Self::Syntax(m)
+            }
             pg_query::Error::Conversion(_) => Self::NulByte,
             // The decoder's only failure on well-formed libpg_query output is its recursion limit
             // (100 nested messages, about 50 levels of expression nesting).
-            pg_query::Error::Decode(_) => Self::TooComplex("nested deeper than the analyser allows".into()),
+            pg_query::Error::Decode(_) => {
+                Self::TooComplex("nested deeper than the analyser allows".into())
+            }
             other => Self::TooComplex(other.to_string()),
         }
     }
@@ -190,7 +196,12 @@ impl Flags {
 }
 
 /// Every flag name accepted by [`Flags::named`].
-pub const FLAG_NAMES: &[&str] = &["unbounded_write", "data_modifying_cte", "explain_analyze_write", "select_into"];
+pub const FLAG_NAMES: &[&str] = &[
+    "unbounded_write",
+    "data_modifying_cte",
+    "explain_analyze_write",
+    "select_into",
+];
 
 /// Direction of a `COPY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -210,13 +221,18 @@ pub enum StatementKind {
     Update,
     Delete,
     Merge,
-    Copy { direction: CopyDirection, program: bool },
+    Copy {
+        direction: CopyDirection,
+        program: bool,
+    },
     Truncate,
     CreateTable,
     AlterTable,
     /// `DROP <object>`; `object` is PostgreSQL's object type name, upper case (`TABLE`,
     /// `SCHEMA`, `DATABASE`, `VIEW`, `FUNCTION`, ...). `DROP ROLE` is [`StatementKind::DropRole`].
-    Drop { object: String },
+    Drop {
+        object: String,
+    },
     /// Any other `CREATE`; the string names the object (`INDEX`, `VIEW`, `FUNCTION`, `SCHEMA`, ...).
     CreateOther(String),
     /// Any other `ALTER`/`RENAME`/`COMMENT`-style DDL; the string names the statement.
@@ -230,9 +246,13 @@ pub enum StatementKind {
     ResetRole,
     SetSessionAuthorization,
     /// `SET name ...` (including `SET LOCAL`); `name` is lower case (`search_path`, `timezone`).
-    Set { name: String },
+    Set {
+        name: String,
+    },
     /// `RESET name` / `RESET ALL` (`name` is `all` then).
-    Reset { name: String },
+    Reset {
+        name: String,
+    },
     Show,
     Begin,
     Commit,
@@ -242,21 +262,33 @@ pub enum StatementKind {
     /// `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED` (two-phase commit).
     TwoPhase,
     /// SQL-level `PREPARE name AS <inner>`.
-    Prepare { name: String, inner: Box<Statement> },
+    Prepare {
+        name: String,
+        inner: Box<Statement>,
+    },
     /// SQL-level `EXECUTE name`; judge it with the body recorded by [`PreparedStatements`].
-    Execute { name: String },
+    Execute {
+        name: String,
+    },
     /// `DEALLOCATE name` (`all` = `DEALLOCATE ALL`).
-    Deallocate { name: Option<String> },
+    Deallocate {
+        name: Option<String>,
+    },
     Do,
     Call,
-    Explain { analyze: bool, inner: Box<Statement> },
+    Explain {
+        analyze: bool,
+        inner: Box<Statement>,
+    },
     DeclareCursor,
     /// `FETCH` / `MOVE`.
     Fetch,
     /// `CLOSE cursor`.
     ClosePortal,
     /// `DISCARD ALL|PLANS|SEQUENCES|TEMP`; `all` for `DISCARD ALL` (which deallocates).
-    Discard { all: bool },
+    Discard {
+        all: bool,
+    },
     Listen,
     Unlisten,
     Notify,
@@ -389,9 +421,18 @@ impl StatementKind {
                 }
             }
             Self::Explain { analyze: true, .. } => v.push("explain_analyze".into()),
-            Self::Drop { object } => v.push(format!("drop_{}", object.to_ascii_lowercase().replace(' ', "_"))),
-            Self::CreateOther(o) => v.push(format!("create_{}", o.to_ascii_lowercase().replace(' ', "_"))),
-            Self::AlterOther(o) => v.push(format!("alter_{}", o.to_ascii_lowercase().replace(' ', "_"))),
+            Self::Drop { object } => v.push(format!(
+                "drop_{}",
+                object.to_ascii_lowercase().replace(' ', "_")
+            )),
+            Self::CreateOther(o) => v.push(format!(
+                "create_{}",
+                o.to_ascii_lowercase().replace(' ', "_")
+            )),
+            Self::AlterOther(o) => v.push(format!(
+                "alter_{}",
+                o.to_ascii_lowercase().replace(' ', "_")
+            )),
             _ => {}
         }
         v
@@ -405,7 +446,10 @@ impl StatementKind {
                 | Self::Update
                 | Self::Delete
                 | Self::Merge
-                | Self::Copy { direction: CopyDirection::From, .. }
+                | Self::Copy {
+                    direction: CopyDirection::From,
+                    ..
+                }
                 | Self::Truncate
                 | Self::CreateTable
                 | Self::AlterTable

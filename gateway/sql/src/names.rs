@@ -30,7 +30,11 @@ const SERVER_FILES: &[&str] = &[
     "lo_export",
 ];
 
-const PROCESS_SIGNALS: &[&str] = &["pg_terminate_backend", "pg_cancel_backend", "pg_signal_backend"];
+const PROCESS_SIGNALS: &[&str] = &[
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_signal_backend",
+];
 
 const CONFIG: &[&str] = &["pg_reload_conf"];
 
@@ -93,7 +97,9 @@ const DYNAMIC_SQL: &[&str] = &[
 
 /// Large-object functions besides `lo_import`/`lo_export`.
 fn is_large_object(name: &str) -> bool {
-    (name.starts_with("lo_") && name != "lo_compat_privileges") || name == "loread" || name == "lowrite"
+    (name.starts_with("lo_") && name != "lo_compat_privileges")
+        || name == "loread"
+        || name == "lowrite"
 }
 
 /// The dangers of calling `name` (last component, any case). `schema` is the qualification, if
@@ -130,5 +136,8 @@ pub(crate) fn function_dangers(schema: Option<&str>, name: &str) -> Vec<Danger> 
 
 /// `set_config(name, ...)`: which setting names amount to a role switch.
 pub(crate) fn is_role_setting(name: &str) -> bool {
-    matches!(name.to_ascii_lowercase().as_str(), "role" | "session_authorization")
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "role" | "session_authorization"
+    )
 }

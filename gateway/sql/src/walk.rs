@@ -17,7 +17,10 @@ use crate::{names, CopyDirection, Danger, Flags, ParseError, Statement, Statemen
 /// Classify one top-level node whose source slice is `text`.
 pub(crate) fn analyze(node: &NodeEnum, text: &str) -> Result<Statement, ParseError> {
     let tree = serde_json::to_value(node).map_err(|e| ParseError::TooComplex(e.to_string()))?;
-    let type_name = tree.as_object().and_then(|m| m.keys().next()).map_or("Unknown", String::as_str);
+    let type_name = tree
+        .as_object()
+        .and_then(|m| m.keys().next())
+        .map_or("Unknown", String::as_str);
     let kind = kind_of(node, type_name, text)?;
     let mut acc = Acc::default();
     acc.visit(&tree);
@@ -28,7 +31,11 @@ pub(crate) fn analyze(node: &NodeEnum, text: &str) -> Result<Statement, ParseErr
     acc.dangerous.sort();
     let mut flags = acc.flags;
     let writes_nested = !acc.writes.is_empty();
-    if let StatementKind::Explain { analyze: true, inner } = &kind {
+    if let StatementKind::Explain {
+        analyze: true,
+        inner,
+    } = &kind
+    {
         flags.explain_analyze_write = inner.is_write() || writes_nested;
     }
     if let StatementKind::Copy { program: true, .. } = kind {
@@ -55,7 +62,11 @@ fn kind_of(node: &NodeEnum, type_name: &str, text: &str) -> Result<StatementKind
         NodeEnum::DeleteStmt(_) => K::Delete,
         NodeEnum::MergeStmt(_) => K::Merge,
         NodeEnum::CopyStmt(c) => K::Copy {
-            direction: if c.is_from { CopyDirection::From } else { CopyDirection::To },
+            direction: if c.is_from {
+                CopyDirection::From
+            } else {
+                CopyDirection::To
+            },
             program: c.is_program,
         },
         NodeEnum::TruncateStmt(_) => K::Truncate,
@@ -68,12 +79,24 @@ fn kind_of(node: &NodeEnum, type_name: &str, text: &str) -> Result<StatementKind
             Ok(ObjectType::ObjectTable) => K::AlterTable,
             _ => K::AlterOther(object_name(a.objtype)),
         },
-        NodeEnum::DropStmt(d) => K::Drop { object: object_name(d.remove_type) },
-        NodeEnum::DropdbStmt(_) => K::Drop { object: "DATABASE".into() },
-        NodeEnum::DropTableSpaceStmt(_) => K::Drop { object: "TABLESPACE".into() },
-        NodeEnum::DropSubscriptionStmt(_) => K::Drop { object: "SUBSCRIPTION".into() },
-        NodeEnum::DropUserMappingStmt(_) => K::Drop { object: "USER MAPPING".into() },
-        NodeEnum::DropOwnedStmt(_) => K::Drop { object: "OWNED".into() },
+        NodeEnum::DropStmt(d) => K::Drop {
+            object: object_name(d.remove_type),
+        },
+        NodeEnum::DropdbStmt(_) => K::Drop {
+            object: "DATABASE".into(),
+        },
+        NodeEnum::DropTableSpaceStmt(_) => K::Drop {
+            object: "TABLESPACE".into(),
+        },
+        NodeEnum::DropSubscriptionStmt(_) => K::Drop {
+            object: "SUBSCRIPTION".into(),
+        },
+        NodeEnum::DropUserMappingStmt(_) => K::Drop {
+            object: "USER MAPPING".into(),
+        },
+        NodeEnum::DropOwnedStmt(_) => K::Drop {
+            object: "OWNED".into(),
+        },
         NodeEnum::GrantStmt(g) if g.is_grant => K::Grant,
         NodeEnum::GrantStmt(_) => K::Revoke,
         NodeEnum::GrantRoleStmt(g) if g.is_grant => K::Grant,
@@ -83,7 +106,9 @@ fn kind_of(node: &NodeEnum, type_name: &str, text: &str) -> Result<StatementKind
             _ => K::Grant,
         },
         NodeEnum::CreateRoleStmt(_) => K::CreateRole,
-        NodeEnum::AlterRoleStmt(_) | NodeEnum::AlterRoleSetStmt(_) | NodeEnum::ReassignOwnedStmt(_) => K::AlterRole,
+        NodeEnum::AlterRoleStmt(_)
+        | NodeEnum::AlterRoleSetStmt(_)
+        | NodeEnum::ReassignOwnedStmt(_) => K::AlterRole,
         NodeEnum::DropRoleStmt(_) => K::DropRole,
         NodeEnum::VariableSetStmt(v) => set_kind(v),
         NodeEnum::VariableShowStmt(_) => K::Show,
@@ -93,21 +118,37 @@ fn kind_of(node: &NodeEnum, type_name: &str, text: &str) -> Result<StatementKind
                 Ok(T::TransStmtBegin | T::TransStmtStart) => K::Begin,
                 Ok(T::TransStmtCommit) => K::Commit,
                 Ok(T::TransStmtRollback) => K::Rollback,
-                Ok(T::TransStmtSavepoint | T::TransStmtRelease | T::TransStmtRollbackTo) => K::Savepoint,
-                Ok(T::TransStmtPrepare | T::TransStmtCommitPrepared | T::TransStmtRollbackPrepared) => K::TwoPhase,
+                Ok(T::TransStmtSavepoint | T::TransStmtRelease | T::TransStmtRollbackTo) => {
+                    K::Savepoint
+                }
+                Ok(
+                    T::TransStmtPrepare | T::TransStmtCommitPrepared | T::TransStmtRollbackPrepared,
+                ) => K::TwoPhase,
                 _ => K::Other("TransactionStmt".into()),
             }
         }
-        NodeEnum::PrepareStmt(p) => K::Prepare { name: p.name.clone(), inner: Box::new(inner(p.query.as_deref(), text)?) },
-        NodeEnum::ExecuteStmt(e) => K::Execute { name: e.name.clone() },
-        NodeEnum::DeallocateStmt(d) => K::Deallocate { name: if d.isall { None } else { Some(d.name.clone()) } },
+        NodeEnum::PrepareStmt(p) => K::Prepare {
+            name: p.name.clone(),
+            inner: Box::new(inner(p.query.as_deref(), text)?),
+        },
+        NodeEnum::ExecuteStmt(e) => K::Execute {
+            name: e.name.clone(),
+        },
+        NodeEnum::DeallocateStmt(d) => K::Deallocate {
+            name: if d.isall { None } else { Some(d.name.clone()) },
+        },
         NodeEnum::DoStmt(_) => K::Do,
         NodeEnum::CallStmt(_) => K::Call,
-        NodeEnum::ExplainStmt(e) => K::Explain { analyze: explain_analyzes(e), inner: Box::new(inner(e.query.as_deref(), text)?) },
+        NodeEnum::ExplainStmt(e) => K::Explain {
+            analyze: explain_analyzes(e),
+            inner: Box::new(inner(e.query.as_deref(), text)?),
+        },
         NodeEnum::DeclareCursorStmt(_) => K::DeclareCursor,
         NodeEnum::FetchStmt(_) => K::Fetch,
         NodeEnum::ClosePortalStmt(_) => K::ClosePortal,
-        NodeEnum::DiscardStmt(d) => K::Discard { all: d.target == protobuf::DiscardMode::DiscardAll as i32 },
+        NodeEnum::DiscardStmt(d) => K::Discard {
+            all: d.target == protobuf::DiscardMode::DiscardAll as i32,
+        },
         NodeEnum::ListenStmt(_) => K::Listen,
         NodeEnum::UnlistenStmt(_) => K::Unlisten,
         NodeEnum::NotifyStmt(_) => K::Notify,
@@ -195,12 +236,17 @@ fn inner(node: Option<&pg_query::protobuf::Node>, text: &str) -> Result<Statemen
 /// false value counts as analyze.
 fn explain_analyzes(e: &protobuf::ExplainStmt) -> bool {
     e.options.iter().any(|o| match &o.node {
-        Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze") => match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
-            Some(NodeEnum::Boolean(b)) => b.boolval,
-            Some(NodeEnum::String(s)) => !matches!(s.sval.to_ascii_lowercase().as_str(), "false" | "off" | "0" | "no"),
-            Some(NodeEnum::Integer(i)) => i.ival != 0,
-            _ => true,
-        },
+        Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze") => {
+            match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+                Some(NodeEnum::Boolean(b)) => b.boolval,
+                Some(NodeEnum::String(s)) => !matches!(
+                    s.sval.to_ascii_lowercase().as_str(),
+                    "false" | "off" | "0" | "no"
+                ),
+                Some(NodeEnum::Integer(i)) => i.ival != 0,
+                _ => true,
+            }
+        }
         _ => false,
     })
 }
@@ -209,7 +255,10 @@ fn explain_analyzes(e: &protobuf::ExplainStmt) -> bool {
 fn object_name(t: i32) -> String {
     match ObjectType::try_from(t) {
         Ok(ObjectType::ObjectMatview) => "MATERIALIZED VIEW".into(),
-        Ok(o) => o.as_str_name().trim_start_matches("OBJECT_").replace('_', " "),
+        Ok(o) => o
+            .as_str_name()
+            .trim_start_matches("OBJECT_")
+            .replace('_', " "),
         Err(_) => "UNKNOWN".into(),
     }
 }
@@ -250,7 +299,11 @@ const RELATION_WRITERS: &[&str] = &[
 ];
 
 /// Catalog views that read configuration files on the server.
-const FILE_VIEWS: &[&str] = &["pg_file_settings", "pg_hba_file_rules", "pg_ident_file_mappings"];
+const FILE_VIEWS: &[&str] = &[
+    "pg_file_settings",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+];
 
 #[derive(Default)]
 struct Acc {
@@ -304,7 +357,12 @@ fn contains_key(v: &Value, key: &str) -> bool {
 /// A string constant, possibly under casts: `'role'`, `'role'::text`.
 fn const_string(v: &Value) -> Option<String> {
     match node_variant(v)? {
-        ("AConst", c) => c.get("val")?.get("Sval")?.get("sval")?.as_str().map(str::to_owned),
+        ("AConst", c) => c
+            .get("val")?
+            .get("Sval")?
+            .get("sval")?
+            .as_str()
+            .map(str::to_owned),
         ("TypeCast", c) => const_string(c.get("arg")?),
         _ => None,
     }
@@ -334,13 +392,19 @@ impl Acc {
 
     fn table_of(m: &Map<String, Value>) -> TableRef {
         let schema = str_field(m, "schemaname");
-        TableRef { schema: (!schema.is_empty()).then(|| schema.to_owned()), name: str_field(m, "relname").to_owned() }
+        TableRef {
+            schema: (!schema.is_empty()).then(|| schema.to_owned()),
+            name: str_field(m, "relname").to_owned(),
+        }
     }
 
     fn range_var(&mut self, m: &Map<String, Value>) {
         let t = Self::table_of(m);
         if FILE_VIEWS.contains(&t.name.to_ascii_lowercase().as_str()) {
-            push_unique(&mut self.dangerous, Danger::ServerFileAccess(t.name.to_ascii_lowercase()));
+            push_unique(
+                &mut self.dangerous,
+                Danger::ServerFileAccess(t.name.to_ascii_lowercase()),
+            );
         }
         push_unique(&mut self.tables, t);
     }
@@ -362,12 +426,25 @@ impl Acc {
             push_unique(&mut self.dangerous, d);
         }
         if last.eq_ignore_ascii_case("set_config") {
-            push_unique(&mut self.dangerous, Danger::ConfigChange("set_config".into()));
-            let setting = m.get("args").and_then(Value::as_array).and_then(|a| a.first()).and_then(const_string);
+            push_unique(
+                &mut self.dangerous,
+                Danger::ConfigChange("set_config".into()),
+            );
+            let setting = m
+                .get("args")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .and_then(const_string);
             match setting {
                 Some(s) if !names::is_role_setting(&s) => {}
-                Some(s) => push_unique(&mut self.dangerous, Danger::RoleChange(format!("set_config({})", s.to_ascii_lowercase()))),
-                None => push_unique(&mut self.dangerous, Danger::RoleChange("set_config(<expression>)".into())),
+                Some(s) => push_unique(
+                    &mut self.dangerous,
+                    Danger::RoleChange(format!("set_config({})", s.to_ascii_lowercase())),
+                ),
+                None => push_unique(
+                    &mut self.dangerous,
+                    Danger::RoleChange("set_config(<expression>)".into()),
+                ),
             }
         }
     }
@@ -395,7 +472,12 @@ impl Acc {
                 }
             }
             "TruncateStmt" => {
-                for r in m.get("relations").and_then(Value::as_array).into_iter().flatten() {
+                for r in m
+                    .get("relations")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(("RangeVar", rv)) = node_variant(r) {
                         push_unique(&mut self.writes, Self::table_of(rv));
                     }
@@ -406,12 +488,22 @@ impl Acc {
                     self.write_relation(m.get("relation"));
                 }
                 let filename = str_field(m, "filename");
-                let program = m.get("is_program").and_then(Value::as_bool).unwrap_or(false);
+                let program = m
+                    .get("is_program")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 if program {
                     push_unique(&mut self.dangerous, Danger::CopyProgram);
                 } else if !filename.is_empty() {
-                    let dir = if m.get("is_from").and_then(Value::as_bool).unwrap_or(false) { "FROM" } else { "TO" };
-                    push_unique(&mut self.dangerous, Danger::ServerFileAccess(format!("COPY {dir} '{filename}'")));
+                    let dir = if m.get("is_from").and_then(Value::as_bool).unwrap_or(false) {
+                        "FROM"
+                    } else {
+                        "TO"
+                    };
+                    push_unique(
+                        &mut self.dangerous,
+                        Danger::ServerFileAccess(format!("COPY {dir} '{filename}'")),
+                    );
                 }
             }
             "into_clause" | "into" if m.contains_key("rel") => {
@@ -423,12 +515,21 @@ impl Acc {
             "DropStmt" => {
                 let remove_type = m.get("remove_type").and_then(Value::as_i64).unwrap_or(0);
                 if drops_relation(i32::try_from(remove_type).unwrap_or(0)) {
-                    for o in m.get("objects").and_then(Value::as_array).into_iter().flatten() {
+                    for o in m
+                        .get("objects")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
                         if let Some(("List", l)) = node_variant(o) {
                             let parts = name_parts(l.get("items"));
                             if let Some(name) = parts.last() {
-                                let schema = (parts.len() > 1).then(|| parts[parts.len() - 2].clone());
-                                let t = TableRef { schema, name: name.clone() };
+                                let schema =
+                                    (parts.len() > 1).then(|| parts[parts.len() - 2].clone());
+                                let t = TableRef {
+                                    schema,
+                                    name: name.clone(),
+                                };
                                 push_unique(&mut self.tables, t.clone());
                                 push_unique(&mut self.writes, t);
                             }
@@ -438,30 +539,82 @@ impl Acc {
             }
             "DoStmt" => push_unique(&mut self.dangerous, Danger::DynamicSql("DO".into())),
             "CreateFunctionStmt" => {
-                let what = if m.get("is_procedure").and_then(Value::as_bool).unwrap_or(false) { "CREATE PROCEDURE" } else { "CREATE FUNCTION" };
+                let what = if m
+                    .get("is_procedure")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                {
+                    "CREATE PROCEDURE"
+                } else {
+                    "CREATE FUNCTION"
+                };
                 push_unique(&mut self.dangerous, Danger::DynamicSql(what.into()));
             }
-            "AlterSystemStmt" => push_unique(&mut self.dangerous, Danger::ConfigChange("ALTER SYSTEM".into())),
-            "AlterDatabaseSetStmt" => push_unique(&mut self.dangerous, Danger::ConfigChange("ALTER DATABASE SET".into())),
-            "AlterRoleSetStmt" => push_unique(&mut self.dangerous, Danger::ConfigChange("ALTER ROLE SET".into())),
+            "AlterSystemStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::ConfigChange("ALTER SYSTEM".into()),
+            ),
+            "AlterDatabaseSetStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::ConfigChange("ALTER DATABASE SET".into()),
+            ),
+            "AlterRoleSetStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::ConfigChange("ALTER ROLE SET".into()),
+            ),
             "CreateExtensionStmt" => {
-                push_unique(&mut self.dangerous, Danger::AdminFunction(format!("CREATE EXTENSION {}", str_field(m, "extname"))));
+                push_unique(
+                    &mut self.dangerous,
+                    Danger::AdminFunction(format!("CREATE EXTENSION {}", str_field(m, "extname"))),
+                );
             }
-            "AlterExtensionStmt" | "AlterExtensionContentsStmt" => push_unique(&mut self.dangerous, Danger::AdminFunction("ALTER EXTENSION".into())),
-            "LoadStmt" => push_unique(&mut self.dangerous, Danger::AdminFunction(format!("LOAD '{}'", str_field(m, "filename")))),
-            "CreatePlangStmt" => push_unique(&mut self.dangerous, Danger::AdminFunction("CREATE LANGUAGE".into())),
-            "CreateForeignServerStmt" | "AlterForeignServerStmt" => push_unique(&mut self.dangerous, Danger::Dblink("foreign server".into())),
-            "CreateUserMappingStmt" | "AlterUserMappingStmt" => push_unique(&mut self.dangerous, Danger::Dblink("user mapping".into())),
-            "ImportForeignSchemaStmt" => push_unique(&mut self.dangerous, Danger::Dblink("IMPORT FOREIGN SCHEMA".into())),
-            "CreateSubscriptionStmt" | "AlterSubscriptionStmt" => push_unique(&mut self.dangerous, Danger::Dblink("subscription".into())),
-            "CreateForeignTableStmt" => push_unique(&mut self.dangerous, Danger::ServerFileAccess("CREATE FOREIGN TABLE".into())),
-            "CreateFdwStmt" | "AlterFdwStmt" => push_unique(&mut self.dangerous, Danger::AdminFunction("FOREIGN DATA WRAPPER".into())),
-            "CreateTableSpaceStmt" => push_unique(&mut self.dangerous, Danger::ServerFileAccess("CREATE TABLESPACE".into())),
-            "AlterOwnerStmt" => push_unique(&mut self.dangerous, Danger::RoleChange("OWNER TO".into())),
+            "AlterExtensionStmt" | "AlterExtensionContentsStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::AdminFunction("ALTER EXTENSION".into()),
+            ),
+            "LoadStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::AdminFunction(format!("LOAD '{}'", str_field(m, "filename"))),
+            ),
+            "CreatePlangStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::AdminFunction("CREATE LANGUAGE".into()),
+            ),
+            "CreateForeignServerStmt" | "AlterForeignServerStmt" => {
+                push_unique(&mut self.dangerous, Danger::Dblink("foreign server".into()))
+            }
+            "CreateUserMappingStmt" | "AlterUserMappingStmt" => {
+                push_unique(&mut self.dangerous, Danger::Dblink("user mapping".into()))
+            }
+            "ImportForeignSchemaStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::Dblink("IMPORT FOREIGN SCHEMA".into()),
+            ),
+            "CreateSubscriptionStmt" | "AlterSubscriptionStmt" => {
+                push_unique(&mut self.dangerous, Danger::Dblink("subscription".into()))
+            }
+            "CreateForeignTableStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::ServerFileAccess("CREATE FOREIGN TABLE".into()),
+            ),
+            "CreateFdwStmt" | "AlterFdwStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::AdminFunction("FOREIGN DATA WRAPPER".into()),
+            ),
+            "CreateTableSpaceStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::ServerFileAccess("CREATE TABLESPACE".into()),
+            ),
+            "AlterOwnerStmt" => {
+                push_unique(&mut self.dangerous, Danger::RoleChange("OWNER TO".into()))
+            }
             "AlterTableCmd" if m.get("newowner").is_some_and(|o| !o.is_null()) => {
                 push_unique(&mut self.dangerous, Danger::RoleChange("OWNER TO".into()));
             }
-            "CheckPointStmt" => push_unique(&mut self.dangerous, Danger::AdminFunction("CHECKPOINT".into())),
+            "CheckPointStmt" => push_unique(
+                &mut self.dangerous,
+                Danger::AdminFunction("CHECKPOINT".into()),
+            ),
             _ => {}
         }
         if key == "CreateForeignTableStmt" {
@@ -477,8 +630,13 @@ impl Acc {
         }
         if key == "GrantStmt" {
             if let Some(objtype) = m.get("objtype").and_then(Value::as_i64) {
-                if ObjectType::try_from(i32::try_from(objtype).unwrap_or(0)) == Ok(ObjectType::ObjectLargeobject) {
-                    push_unique(&mut self.dangerous, Danger::LargeObject("GRANT ON LARGE OBJECT".into()));
+                if ObjectType::try_from(i32::try_from(objtype).unwrap_or(0))
+                    == Ok(ObjectType::ObjectLargeobject)
+                {
+                    push_unique(
+                        &mut self.dangerous,
+                        Danger::LargeObject("GRANT ON LARGE OBJECT".into()),
+                    );
                 }
             }
         }

@@ -67,20 +67,44 @@ impl Corpus {
     /// Judge one case as the gateway would on a fresh session: setup requests first (only the
     /// allowed ones are remembered), then the case.
     pub fn judge(&self, case: &Case) -> Decision {
-        let conn = self.connections.get(case.connection()).expect("known connection");
-        let groups = case.groups.clone().unwrap_or_else(|| vec!["agents".to_owned()]);
+        let conn = self
+            .connections
+            .get(case.connection())
+            .expect("known connection");
+        let groups = case
+            .groups
+            .clone()
+            .unwrap_or_else(|| vec!["agents".to_owned()]);
         let user = case.user.clone().unwrap_or_else(|| "alice".to_owned());
-        let opts = ParseOptions { standard_conforming_strings: case.scs.unwrap_or(true) };
+        let opts = ParseOptions {
+            standard_conforming_strings: case.scs.unwrap_or(true),
+        };
         let mut prepared = PreparedStatements::new();
         for s in &case.setup {
             let stmts = classify_with(s, opts);
-            let d = self.decide(&user, &groups, case.connection(), &conn.tags, s, &stmts, &prepared);
+            let d = self.decide(
+                &user,
+                &groups,
+                case.connection(),
+                &conn.tags,
+                s,
+                &stmts,
+                &prepared,
+            );
             if let (Decision::Allow { .. }, Ok(st)) = (d, &stmts) {
                 prepared.observe(st);
             }
         }
         let stmts = classify_with(&case.sql, opts);
-        self.decide(&user, &groups, case.connection(), &conn.tags, &case.sql, &stmts, &prepared)
+        self.decide(
+            &user,
+            &groups,
+            case.connection(),
+            &conn.tags,
+            &case.sql,
+            &stmts,
+            &prepared,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -94,7 +118,17 @@ impl Corpus {
         statements: &Result<Vec<gatehouse_sql::Statement>, gatehouse_sql::ParseError>,
         prepared: &PreparedStatements,
     ) -> Decision {
-        let facts = Facts { user, groups, connection, tags, protocol: "postgres", sql, statements, prepared, now: now() };
+        let facts = Facts {
+            user,
+            groups,
+            connection,
+            tags,
+            protocol: "postgres",
+            sql,
+            statements,
+            prepared,
+            now: now(),
+        };
         self.policy().evaluate(&facts, &[])
     }
 }
