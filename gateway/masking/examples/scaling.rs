@@ -11,7 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let v = unit.repeat(kib * 1024 / unit.len().max(1));
             let t = Instant::now();
             let n = engine.find(ColumnPlan::default(), v.as_bytes()).len();
-            println!("{unit:?} {kib:>5} KiB: {:>10.3?} ({n} findings)", t.elapsed());
+            println!(
+                "{unit:?} {kib:>5} KiB: {:>10.3?} ({n} findings)",
+                t.elapsed()
+            );
         }
     }
     Ok(())

@@ -174,7 +174,9 @@ impl MaskingConfig {
         }
         for entity in &self.disabled {
             if matches!(entity, Entity::VaultedSecret | Entity::Column) {
-                return Err(MaskError::Config(format!("disabled: {entity} cannot be disabled")));
+                return Err(MaskError::Config(format!(
+                    "disabled: {entity} cannot be disabled"
+                )));
             }
         }
         let mut names = std::collections::BTreeSet::new();
@@ -295,6 +297,7 @@ impl Glob {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -58,7 +58,10 @@ impl fmt::Debug for Engine {
             .map(|e| e.name())
             .collect();
         f.debug_struct("Engine")
-            .field("rules", &self.rules.iter().map(|r| &*r.name).collect::<Vec<_>>())
+            .field(
+                "rules",
+                &self.rules.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+            )
             .field("disabled", &disabled)
             .field("vaulted_secrets", &self.vault_len)
             .field("max_value_bytes", &self.max_value)
@@ -69,13 +72,20 @@ impl fmt::Debug for Engine {
 impl Engine {
     /// Validate `cfg` and compile it with the vaulted secrets (exact byte strings; empty ones
     /// are ignored) and the key for [`Strategy::KeyedHash`] / [`Strategy::FormatPreserving`].
-    pub fn new(cfg: &MaskingConfig, vault_secrets: &[&[u8]], hash_key: [u8; 32]) -> Result<Engine, MaskError> {
+    pub fn new(
+        cfg: &MaskingConfig,
+        vault_secrets: &[&[u8]],
+        hash_key: [u8; 32],
+    ) -> Result<Engine, MaskError> {
         cfg.validate()?;
         let mut enabled = [true; Entity::COUNT];
         for e in &cfg.disabled {
             enabled[e.index()] = false;
         }
-        let strategies = Entity::ALL.iter().map(|e| cfg.strategy_for(*e).clone()).collect();
+        let strategies = Entity::ALL
+            .iter()
+            .map(|e| cfg.strategy_for(*e).clone())
+            .collect();
         let rules = cfg
             .rules
             .iter()
@@ -85,7 +95,11 @@ impl Engine {
                 strategy: r.strategy.clone(),
             })
             .collect();
-        let patterns: Vec<&[u8]> = vault_secrets.iter().copied().filter(|p| !p.is_empty()).collect();
+        let patterns: Vec<&[u8]> = vault_secrets
+            .iter()
+            .copied()
+            .filter(|p| !p.is_empty())
+            .collect();
         let vault = if patterns.is_empty() {
             None
         } else {
@@ -127,7 +141,10 @@ impl Engine {
             return ColumnPlan::default();
         };
         ColumnPlan {
-            rule: self.rules.iter().position(|r| r.columns.iter().any(|g| g.matches(name))),
+            rule: self
+                .rules
+                .iter()
+                .position(|r| r.columns.iter().any(|g| g.matches(name))),
             plain_ssn: self.ssn_plain.iter().any(|g| g.matches(name)),
         }
     }
@@ -135,12 +152,22 @@ impl Engine {
     /// Mask one value (bytes, usually UTF-8; other bytes are scanned as they are, detectors
     /// look at ASCII only). `column` is the column / JSON field name when known. Returns
     /// `Cow::Borrowed` when nothing matched.
-    pub fn mask<'a>(&self, column: Option<&str>, value: &'a [u8], counts: &mut Counts) -> Result<Cow<'a, [u8]>, MaskError> {
+    pub fn mask<'a>(
+        &self,
+        column: Option<&str>,
+        value: &'a [u8],
+        counts: &mut Counts,
+    ) -> Result<Cow<'a, [u8]>, MaskError> {
         self.mask_planned(self.plan(column), value, counts)
     }
 
     /// [`Engine::mask`] with a plan computed earlier by [`Engine::plan`].
-    pub fn mask_planned<'a>(&self, plan: ColumnPlan, value: &'a [u8], counts: &mut Counts) -> Result<Cow<'a, [u8]>, MaskError> {
+    pub fn mask_planned<'a>(
+        &self,
+        plan: ColumnPlan,
+        value: &'a [u8],
+        counts: &mut Counts,
+    ) -> Result<Cow<'a, [u8]>, MaskError> {
         if value.len() > self.max_value {
             return Err(MaskError::TooLarge {
                 len: value.len(),
@@ -164,7 +191,13 @@ impl Engine {
         for f in &findings {
             out.extend_from_slice(&value[pos..f.range.start]);
             let strategy = &self.strategies[f.entity.index()];
-            strategy::apply(strategy, f.entity, &value[f.range.clone()], &self.key, &mut out);
+            strategy::apply(
+                strategy,
+                f.entity,
+                &value[f.range.clone()],
+                &self.key,
+                &mut out,
+            );
             counts.add(f.entity);
             pos = f.range.end;
         }
@@ -203,13 +236,22 @@ impl Engine {
 
     /// Mask the string (and number) values of a JSON document, using field names for column
     /// rules; see [`crate::json`]. Malformed JSON is an error, never passed through.
-    pub fn mask_json<'a>(&self, doc: &'a [u8], counts: &mut Counts) -> Result<Cow<'a, [u8]>, MaskError> {
+    pub fn mask_json<'a>(
+        &self,
+        doc: &'a [u8],
+        counts: &mut Counts,
+    ) -> Result<Cow<'a, [u8]>, MaskError> {
         self.mask_json_in(None, doc, counts)
     }
 
     /// [`Engine::mask_json`] for a document stored in column `column`: a rule matching the
     /// column masks every scalar in it.
-    pub fn mask_json_in<'a>(&self, column: Option<&str>, doc: &'a [u8], counts: &mut Counts) -> Result<Cow<'a, [u8]>, MaskError> {
+    pub fn mask_json_in<'a>(
+        &self,
+        column: Option<&str>,
+        doc: &'a [u8],
+        counts: &mut Counts,
+    ) -> Result<Cow<'a, [u8]>, MaskError> {
         if doc.len() > self.max_value {
             return Err(MaskError::TooLarge {
                 len: doc.len(),
@@ -242,6 +284,7 @@ fn merge(a: Vec<Finding>, b: Vec<Finding>) -> Vec<Finding> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::config::ColumnRule;
@@ -258,8 +301,21 @@ mod tests {
     fn clean_values_are_borrowed() {
         let e = engine(&MaskingConfig::default(), &[b"Sup3rS3cret!"]);
         let mut c = Counts::new();
-        for v in ["Alice Smith", "42", "2024-01-05", "order 1234567890", "", "héllo wörld"] {
-            assert!(matches!(e.mask(Some("name"), v.as_bytes(), &mut c).unwrap(), Cow::Borrowed(_)), "{v}");
+        for v in [
+            "Alice Smith",
+            "42",
+            "2024-01-05",
+            "order 1234567890",
+            "",
+            "héllo wörld",
+        ] {
+            assert!(
+                matches!(
+                    e.mask(Some("name"), v.as_bytes(), &mut c).unwrap(),
+                    Cow::Borrowed(_)
+                ),
+                "{v}"
+            );
         }
         assert!(c.is_empty());
     }
@@ -267,11 +323,17 @@ mod tests {
     #[test]
     fn masks_with_default_and_configured_strategies() {
         let mut cfg = MaskingConfig::default();
-        cfg.entities.insert(Entity::Card, Strategy::Partial { keep_last: 4 });
+        cfg.entities
+            .insert(Entity::Card, Strategy::Partial { keep_last: 4 });
         let e = engine(&cfg, &[]);
         let mut c = Counts::new();
         assert_eq!(
-            mask(&e, None, "card 4242 4242 4242 4242 for bob@example.com", &mut c),
+            mask(
+                &e,
+                None,
+                "card 4242 4242 4242 4242 for bob@example.com",
+                &mut c
+            ),
             "card **** **** **** 4242 for [REDACTED:EMAIL]"
         );
         assert_eq!(c.get(Entity::Card), 1);
@@ -298,7 +360,10 @@ mod tests {
         // The vaulted secret is the tail of an e-mail address.
         let e = engine(&MaskingConfig::default(), &[b"example.com and"]);
         let mut c = Counts::new();
-        assert_eq!(mask(&e, None, "x bob@example.com and y", &mut c), "x [REDACTED:VAULTED_SECRET] y");
+        assert_eq!(
+            mask(&e, None, "x bob@example.com and y", &mut c),
+            "x [REDACTED:VAULTED_SECRET] y"
+        );
         assert_eq!(c.vaulted_hits(), 1);
     }
 
@@ -315,7 +380,10 @@ mod tests {
         let mut c = Counts::new();
         assert_eq!(mask(&e, Some("SSN"), "123456789", &mut c), "*****6789");
         assert_eq!(mask(&e, Some("customer_social_no"), "n/a", &mut c), "*/a");
-        assert_eq!(mask(&e, Some("tax_id"), "123456789", &mut c), "[REDACTED:SSN]");
+        assert_eq!(
+            mask(&e, Some("tax_id"), "123456789", &mut c),
+            "[REDACTED:SSN]"
+        );
         assert_eq!(mask(&e, Some("other"), "123456789", &mut c), "123456789");
         assert_eq!(c.rule("ssn-col"), 2);
         assert_eq!(c.get(Entity::Column), 2);
@@ -362,6 +430,9 @@ mod tests {
             disabled: vec![Entity::VaultedSecret],
             ..MaskingConfig::default()
         };
-        assert!(matches!(Engine::new(&cfg, &[], [0; 32]), Err(MaskError::Config(_))));
+        assert!(matches!(
+            Engine::new(&cfg, &[], [0; 32]),
+            Err(MaskError::Config(_))
+        ));
     }
 }

@@ -110,7 +110,12 @@ impl<'d> Walker<'d, '_, '_> {
         }
     }
 
-    fn mask_scalar(&mut self, plan: ColumnPlan, start: usize, content: &[u8]) -> Result<(), MaskError> {
+    fn mask_scalar(
+        &mut self,
+        plan: ColumnPlan,
+        start: usize,
+        content: &[u8],
+    ) -> Result<(), MaskError> {
         let end = self.pos;
         if let Cow::Owned(masked) = self.engine.mask_planned(plan, content, self.counts)? {
             let encoded = encode_string(&masked);
@@ -255,10 +260,14 @@ impl<'d> Walker<'d, '_, '_> {
 }
 
 fn hex4(raw: &[u8], i: usize, base: usize) -> Result<u32, MaskError> {
-    let h = raw.get(i..i + 4).ok_or_else(|| err(base + i, "short \\u escape"))?;
+    let h = raw
+        .get(i..i + 4)
+        .ok_or_else(|| err(base + i, "short \\u escape"))?;
     let mut v = 0u32;
     for &c in h {
-        let d = (c as char).to_digit(16).ok_or_else(|| err(base + i, "bad \\u escape"))?;
+        let d = (c as char)
+            .to_digit(16)
+            .ok_or_else(|| err(base + i, "bad \\u escape"))?;
         v = v * 16 + d;
     }
     Ok(v)
@@ -336,6 +345,7 @@ fn encode_string(v: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use crate::config::{ColumnRule, MaskingConfig, Strategy};
     use crate::entity::{Counts, Entity};
@@ -367,7 +377,10 @@ mod tests {
     fn clean_document_is_borrowed() {
         let doc = br#"{"id": 7, "name": "Alice", "tags": ["a", "b"], "ok": true, "x": null}"#;
         let mut c = Counts::new();
-        assert!(matches!(engine().mask_json(doc, &mut c).unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            engine().mask_json(doc, &mut c).unwrap(),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
@@ -387,7 +400,10 @@ mod tests {
     fn escapes_cannot_hide_values() {
         // bob\u0040example.com is bob@example.com; the vaulted secret is split by an escape.
         let (s, c) = mask(r#"["bob\u0040example.com", "vault-\u0053ecret-1", "a\"b"]"#);
-        assert_eq!(s, r#"["[REDACTED:EMAIL]", "[REDACTED:VAULTED_SECRET]", "a\"b"]"#);
+        assert_eq!(
+            s,
+            r#"["[REDACTED:EMAIL]", "[REDACTED:VAULTED_SECRET]", "a\"b"]"#
+        );
         assert_eq!(c.vaulted_hits(), 1);
     }
 
@@ -401,7 +417,11 @@ mod tests {
     fn column_rule_on_the_document() {
         let mut c = Counts::new();
         let out = engine()
-            .mask_json_in(Some("card_data"), br#"{"a":"x","b":[1,"y"],"c":null}"#, &mut c)
+            .mask_json_in(
+                Some("card_data"),
+                br#"{"a":"x","b":[1,"y"],"c":null}"#,
+                &mut c,
+            )
             .unwrap();
         assert_eq!(&*out, br#"{"a":"****","b":["****","****"],"c":null}"#);
     }

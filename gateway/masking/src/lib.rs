@@ -15,6 +15,21 @@
 //! occurrences of vaulted credentials (one Aho–Corasick automaton). Column / JSON-field rules
 //! mask whole values by name (exact or glob, case-insensitive). See [`Entity`] and [`Strategy`].
 //!
+//! ```
+//! use gatehouse_masking::{Counts, Engine, Entity, MaskingConfig, Strategy};
+//!
+//! let mut cfg = MaskingConfig::default();
+//! cfg.entities.insert(Entity::Card, Strategy::Partial { keep_last: 4 });
+//! let vaulted: &[&[u8]] = &[b"pg-Pa55word"];
+//! let engine = Engine::new(&cfg, vaulted, [7; 32])?;
+//!
+//! let mut counts = Counts::new();
+//! let out = engine.mask(Some("note"), b"card 4242 4242 4242 4242, pw pg-Pa55word", &mut counts)?;
+//! assert_eq!(&*out, b"card **** **** **** 4242, pw [REDACTED:VAULTED_SECRET]");
+//! assert_eq!(counts.vaulted_hits(), 1);
+//! # Ok::<(), gatehouse_masking::MaskError>(())
+//! ```
+//!
 //! # Invariants
 //! - **Fail closed.** Anything the engine cannot process (over-long value, malformed JSON,
 //!   excessive nesting) is a [`MaskError`]; the unmasked value is never returned instead.
@@ -29,7 +44,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
-pub mod detect;
+mod detect;
 mod engine;
 mod entity;
 mod error;

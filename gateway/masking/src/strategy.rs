@@ -6,9 +6,17 @@ use crate::config::Strategy;
 use crate::entity::Entity;
 
 /// Append the replacement of `v` (an `entity` span) to `out`.
-pub(crate) fn apply(strategy: &Strategy, entity: Entity, v: &[u8], key: &hmac::Key, out: &mut Vec<u8>) {
+pub(crate) fn apply(
+    strategy: &Strategy,
+    entity: Entity,
+    v: &[u8],
+    key: &hmac::Key,
+    out: &mut Vec<u8>,
+) {
     match strategy {
-        Strategy::Redact { replacement: Some(r) } => out.extend_from_slice(r.as_bytes()),
+        Strategy::Redact {
+            replacement: Some(r),
+        } => out.extend_from_slice(r.as_bytes()),
         Strategy::Redact { replacement: None } => {
             out.extend_from_slice(b"[REDACTED:");
             out.extend_from_slice(entity.label().as_bytes());
@@ -114,6 +122,7 @@ fn format_preserving(entity: Entity, v: &[u8], key: &hmac::Key, out: &mut Vec<u8
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -129,16 +138,27 @@ mod tests {
 
     #[test]
     fn redact() {
-        assert_eq!(run(&Strategy::default(), Entity::Email, "a@b.co"), "[REDACTED:EMAIL]");
-        let fixed = Strategy::Redact { replacement: Some("****".into()) };
+        assert_eq!(
+            run(&Strategy::default(), Entity::Email, "a@b.co"),
+            "[REDACTED:EMAIL]"
+        );
+        let fixed = Strategy::Redact {
+            replacement: Some("****".into()),
+        };
         assert_eq!(run(&fixed, Entity::Card, "4111111111111111"), "****");
     }
 
     #[test]
     fn partial_keeps_tail_and_separators() {
         let p = Strategy::Partial { keep_last: 4 };
-        assert_eq!(run(&p, Entity::Card, "4242424242424242"), "************4242");
-        assert_eq!(run(&p, Entity::Card, "4242 4242 4242 4242"), "**** **** **** 4242");
+        assert_eq!(
+            run(&p, Entity::Card, "4242424242424242"),
+            "************4242"
+        );
+        assert_eq!(
+            run(&p, Entity::Card, "4242 4242 4242 4242"),
+            "**** **** **** 4242"
+        );
         assert_eq!(run(&p, Entity::Ssn, "123-45-6789"), "***-**-6789");
         // never more than half
         assert_eq!(run(&p, Entity::Column, "abc123"), "***123");
@@ -155,7 +175,10 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.starts_with("tok_") && a.len() == 20, "{a}");
-        assert_eq!(run(&h, Entity::Email, "A@B.com"), run(&h, Entity::Email, "a@b.COM"));
+        assert_eq!(
+            run(&h, Entity::Email, "A@B.com"),
+            run(&h, Entity::Email, "a@b.COM")
+        );
         let other = hmac::Key::new(hmac::HMAC_SHA256, &[8u8; 32]);
         let mut out = Vec::new();
         apply(&h, Entity::Card, b"4111111111111111", &other, &mut out);
@@ -176,7 +199,10 @@ mod tests {
         assert_ne!(a, "+1 (415) 555-0132");
         assert_eq!(a, run(&f, Entity::Phone, "+1 (415) 555-0132"));
         let e = run(&f, Entity::Email, "John.Doe@Example.com");
-        assert!(e.as_bytes()[0].is_ascii_uppercase() && e.contains('@') && e.len() == 20, "{e}");
+        assert!(
+            e.as_bytes()[0].is_ascii_uppercase() && e.contains('@') && e.len() == 20,
+            "{e}"
+        );
         assert_eq!(run(&f, Entity::Column, "Zoë").chars().count(), 3);
         assert!(run(&f, Entity::Column, "Zoë").is_ascii());
     }

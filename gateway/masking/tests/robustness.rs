@@ -2,6 +2,8 @@
 //! bounds, vaulted secrets never survive masking, masked JSON stays valid JSON, and
 //! pathological inputs cost linear time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -10,12 +12,66 @@ use common::gen::Rng;
 use gatehouse_masking::{ColumnPlan, Counts, Engine, MaskingConfig};
 
 const FRAGMENTS: &[&str] = &[
-    "0", "1", "4", "9", " ", "-", ".", ":", "::", "@", "+", "(", ")", "/", "=", "'", "\"", "\\", "_",
-    "\n", "ab", "Z", "é", "\u{0}", "4111", "111", "0044", "+1", "+44 ", "(415)", "555-", "0132",
-    "123-45-6789", "DE89", "3704", "GB29", "AKIA", "ASIA", "AIza", "ghp_", "github_pat_", "sk-",
-    "sk_live_", "xoxb-", "eyJ", "eyJhbGciOiJIUzI1NiJ9", "Bearer ", "Basic ", "password", "=",
-    "\"token\": \"", "-----BEGIN RSA PRIVATE KEY-----", "-----END ", "://", "fe80", "10.0.0.",
-    "255", "example.com", "Vault-S3cret!", "Vault-S3c",
+    "0",
+    "1",
+    "4",
+    "9",
+    " ",
+    "-",
+    ".",
+    ":",
+    "::",
+    "@",
+    "+",
+    "(",
+    ")",
+    "/",
+    "=",
+    "'",
+    "\"",
+    "\\",
+    "_",
+    "\n",
+    "ab",
+    "Z",
+    "é",
+    "\u{0}",
+    "4111",
+    "111",
+    "0044",
+    "+1",
+    "+44 ",
+    "(415)",
+    "555-",
+    "0132",
+    "123-45-6789",
+    "DE89",
+    "3704",
+    "GB29",
+    "AKIA",
+    "ASIA",
+    "AIza",
+    "ghp_",
+    "github_pat_",
+    "sk-",
+    "sk_live_",
+    "xoxb-",
+    "eyJ",
+    "eyJhbGciOiJIUzI1NiJ9",
+    "Bearer ",
+    "Basic ",
+    "password",
+    "=",
+    "\"token\": \"",
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "-----END ",
+    "://",
+    "fe80",
+    "10.0.0.",
+    "255",
+    "example.com",
+    "Vault-S3cret!",
+    "Vault-S3c",
 ];
 
 fn random_value(r: &mut Rng) -> Vec<u8> {
@@ -60,7 +116,10 @@ fn random_values_never_panic_and_findings_are_well_formed() {
         let found = e.find(plan, &v);
         let mut last = 0;
         for f in &found {
-            assert!(f.range.start >= last && f.range.start < f.range.end && f.range.end <= v.len(), "{v:?} {found:?}");
+            assert!(
+                f.range.start >= last && f.range.start < f.range.end && f.range.end <= v.len(),
+                "{v:?} {found:?}"
+            );
             last = f.range.end;
         }
         let mut c = Counts::new();
@@ -109,16 +168,51 @@ fn timed(e: &Engine, v: &[u8]) -> Duration {
 fn pathological_inputs_take_linear_time() {
     let e = engine();
     for unit in [
-        "1 ", "1-", "1.", "+1 ", "0 1", "a_", "sk-", "eyJ.", "eyJ", "a@", "@a.", "::", "a:", "f:",
-        "password=", "\"password\":", "-----BEGIN PRIVATE KEY-----", "http://a:", "Bearer ",
-        "4111 ", "DE89 ", "AKIA", "1.1.1.", "(415) ", "ghp_", "xoxb-1", "'", "Basic ", "a.",
+        "1 ",
+        "1-",
+        "1.",
+        "+1 ",
+        "0 1",
+        "a_",
+        "sk-",
+        "eyJ.",
+        "eyJ",
+        "a@",
+        "@a.",
+        "::",
+        "a:",
+        "f:",
+        "password=",
+        "\"password\":",
+        "-----BEGIN PRIVATE KEY-----",
+        "http://a:",
+        "Bearer ",
+        "4111 ",
+        "DE89 ",
+        "AKIA",
+        "1.1.1.",
+        "(415) ",
+        "ghp_",
+        "xoxb-1",
+        "'",
+        "Basic ",
+        "a.",
     ] {
         // Eight times the input must cost about eight times as much, not sixty-four (the bound
         // is loose because the machine is shared).
         let small = unit.repeat(16 * 1024 / unit.len());
         let large = unit.repeat(128 * 1024 / unit.len());
-        let (ts, tl) = (min_of_5(&e, small.as_bytes()), min_of_5(&e, large.as_bytes()));
-        assert!(tl < ts * 24 + Duration::from_millis(5), "{unit:?}: 16 KiB {ts:?}, 128 KiB {tl:?}");
+        // Three tries: a quadratic scan fails all of them, a busy neighbour not.
+        let mut seen = Vec::new();
+        let linear = (0..3).any(|_| {
+            let (ts, tl) = (
+                min_of_5(&e, small.as_bytes()),
+                min_of_5(&e, large.as_bytes()),
+            );
+            seen.push((ts, tl));
+            tl < ts * 24 + Duration::from_millis(5)
+        });
+        assert!(linear, "{unit:?}: (16 KiB, 128 KiB) {seen:?}");
     }
 }
 

@@ -1,6 +1,6 @@
 //! The detectors and the single scan that runs them.
 //!
-//! [`scan`] walks a value once, left to right. At each position it looks at the byte and the
+//! `scan` walks a value once, left to right. At each position it looks at the byte and the
 //! byte before it and, only at plausible token starts, tries the detectors that can start with
 //! that byte (digits → IPv4, SSN, card, phone, IPv6; `+`/`(` → phone; `@` → e-mail anchored on
 //! the `@`; letters → IBAN, key prefixes, JWT, bearer, `name=value` secrets; `-----BEGIN` →
@@ -14,7 +14,7 @@
 //! digit-led ones only after a byte that cannot continue a number, so no run is rescanned from
 //! each of its positions.
 //!
-//! Before the scan, [`prefilter`] does one table-driven pass over the bytes: a value with no
+//! Before the scan, `prefilter` does one table-driven pass over the bytes: a value with no
 //! digit, no `@ : = - _ + . / '` and no run of 8 or more letters cannot contain anything any
 //! detector reports, and is skipped. (The vaulted-secret automaton is separate and always runs.)
 
@@ -186,6 +186,7 @@ pub(crate) fn classify_token(s: &[u8], range: Range<usize>, opts: &ScanOptions) 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests {
     use super::*;
 

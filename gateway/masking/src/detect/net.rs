@@ -46,7 +46,11 @@ pub(super) fn email_at(s: &[u8], i: usize, floor: usize, o: &ScanOptions) -> Opt
             p += 1;
         }
         let label = &s[label_start..p];
-        if label.is_empty() || label.len() > 63 || label[0] == b'-' || label[label.len() - 1] == b'-' {
+        if label.is_empty()
+            || label.len() > 63
+            || label[0] == b'-'
+            || label[label.len() - 1] == b'-'
+        {
             break;
         }
         labels += 1;
@@ -104,8 +108,16 @@ pub(super) fn ipv6_at(s: &[u8], i: usize, o: &ScanOptions) -> Option<Finding> {
         None => hex_groups(text) == Some(8),
         Some(k) => {
             let (left, right) = (&text[..k], &text[k + 2..]);
-            let l = if left.is_empty() { Some(0) } else { hex_groups(left) };
-            let r = if right.is_empty() { Some(0) } else { hex_groups(right) };
+            let l = if left.is_empty() {
+                Some(0)
+            } else {
+                hex_groups(left)
+            };
+            let r = if right.is_empty() {
+                Some(0)
+            } else {
+                hex_groups(right)
+            };
             matches!((l, r), (Some(l), Some(r)) if l + r <= 7 && l + r >= 1)
         }
     };
@@ -134,7 +146,12 @@ fn hex_groups(t: &[u8]) -> Option<usize> {
 
 /// `scheme://user:password@host`: the password part, as an assigned secret.
 pub(super) fn uri_userinfo_at(s: &[u8], i: usize, o: &ScanOptions) -> Option<Finding> {
-    if !o.on(Entity::AssignedSecret) || at(s, i + 1) != b'/' || at(s, i + 2) != b'/' || i == 0 || !is_alnum(s[i - 1]) {
+    if !o.on(Entity::AssignedSecret)
+        || at(s, i + 1) != b'/'
+        || at(s, i + 2) != b'/'
+        || i == 0
+        || !is_alnum(s[i - 1])
+    {
         return None;
     }
     let start = i + 3;
@@ -144,7 +161,9 @@ pub(super) fn uri_userinfo_at(s: &[u8], i: usize, o: &ScanOptions) -> Option<Fin
         match at(s, p) {
             b'@' => break,
             b':' if colon.is_none() => colon = Some(p),
-            0 | b'/' | b'?' | b'#' | b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'\'' | b'<' | b'>' => return None,
+            0 | b'/' | b'?' | b'#' | b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'\'' | b'<' | b'>' => {
+                return None
+            }
             _ => {}
         }
         p += 1;
@@ -160,6 +179,7 @@ pub(super) fn uri_userinfo_at(s: &[u8], i: usize, o: &ScanOptions) -> Option<Fin
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::super::tests::{check, found, none};
     use super::*;
@@ -174,9 +194,13 @@ mod tests {
             "UPPER@EXAMPLE.ORG",
         ] {
             check(&format!("contact <{e}>."), Entity::Email, e);
-            check(&format!("{e}"), Entity::Email, e);
+            check(e, Entity::Email, e);
         }
-        check("mailto:carol@example.net", Entity::Email, "carol@example.net");
+        check(
+            "mailto:carol@example.net",
+            Entity::Email,
+            "carol@example.net",
+        );
     }
 
     #[test]
@@ -208,7 +232,15 @@ mod tests {
             check(&format!("from {a} ok"), Entity::IpAddress, a);
         }
         check("peer fe80::1: refused", Entity::IpAddress, "fe80::1");
-        for s in ["12:30:45", "00:1A:2B:3C:4D:5E", "dead:beef", "a:::b", "1::2::3", "std::vector", "::"] {
+        for s in [
+            "12:30:45",
+            "00:1A:2B:3C:4D:5E",
+            "dead:beef",
+            "a:::b",
+            "1::2::3",
+            "std::vector",
+            "::",
+        ] {
             none(s);
         }
     }

@@ -44,7 +44,10 @@ pub(super) fn at_digit(s: &[u8], i: usize, o: &ScanOptions) -> Option<Finding> {
     }
     if o.plain_ssn && o.on(Entity::Ssn) {
         let end = digits_end(s, i);
-        if end - i == 9 && !is_alnum(at(s, end)) && ssn_valid(&s[i..i + 3], &s[i + 3..i + 5], &s[i + 5..end]) {
+        if end - i == 9
+            && !is_alnum(at(s, end))
+            && ssn_valid(&s[i..i + 3], &s[i + 3..i + 5], &s[i + 5..end])
+        {
             return hit(Entity::Ssn, end);
         }
     }
@@ -91,7 +94,7 @@ fn ipv4(s: &[u8], i: usize) -> Option<usize> {
     }
     // `/24` (CIDR) may follow; a fifth `.n` or more letters/digits may not.
     let c = at(s, p);
-    (!is_alnum(c) && !(c == b'.' && at(s, p + 1).is_ascii_digit())).then_some(p)
+    (!(is_alnum(c) || (c == b'.' && at(s, p + 1).is_ascii_digit()))).then_some(p)
 }
 
 // ---------------------------------------------------------------- SSN
@@ -144,13 +147,14 @@ fn card(s: &[u8], i: usize) -> Option<usize> {
             p = e + 1;
             continue;
         }
-        return (nd >= CARD_MIN_DIGITS && clean_card_end(s, e) && card_valid(&digits[..nd])).then_some(e);
+        return (nd >= CARD_MIN_DIGITS && clean_card_end(s, e) && card_valid(&digits[..nd]))
+            .then_some(e);
     }
 }
 
 fn clean_card_end(s: &[u8], end: usize) -> bool {
     let c = at(s, end);
-    !is_alnum(c) && !(c == b'.' && at(s, end + 1).is_ascii_digit())
+    !(is_alnum(c) || (c == b'.' && at(s, end + 1).is_ascii_digit()))
 }
 
 /// Luhn check over ASCII digits.
@@ -176,12 +180,14 @@ pub(crate) fn card_valid(d: &[u8]) -> bool {
         return false;
     }
     let p = |k: usize| num(&d[..k]);
-    let (p1, p2, p3, p4, p6) = (p(1), p(2), p(3), p(4), p(6));
+    let (p1, p2, p3, p4) = (p(1), p(2), p(3), p(4));
     let ok = match p1 {
         // Visa
         4 => matches!(len, 13 | 16 | 19),
         // Mastercard 2221–2720; Mir 2200–2204
-        2 => ((2221..=2720).contains(&p4) && len == 16) || ((2200..=2204).contains(&p4) && len >= 16),
+        2 => {
+            ((2221..=2720).contains(&p4) && len == 16) || ((2200..=2204).contains(&p4) && len >= 16)
+        }
         // Amex 34/37; JCB 3528–3589; Diners 36, 300–305, 38–39
         3 => {
             ((p2 == 34 || p2 == 37) && len == 15)
@@ -191,11 +197,9 @@ pub(crate) fn card_valid(d: &[u8]) -> bool {
         }
         // Mastercard 51–55; Maestro 50, 56–59 (12–19)
         5 => ((51..=55).contains(&p2) && len == 16) || p2 == 50 || (56..=59).contains(&p2),
-        // Discover 6011, 644–649, 65, 622126–622925; UnionPay 62; Maestro / RuPay 60–69 (12–19)
-        6 => {
-            let discover = p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || (622_126..=622_925).contains(&p6);
-            (discover && len >= 16) || (p2 == 62 && len >= 16) || len >= 12
-        }
+        // Discover (6011, 644–649, 65, 622126–622925: 16–19), UnionPay (62: 16–19), Maestro and
+        // RuPay (60–69: 12–19) together take every 6-prefixed number of 12–19 digits.
+        6 => true,
         // UATP 1 (15) is not a bank card; 7, 8, 9, 0 are not issued for payment cards we mask.
         _ => false,
     };
@@ -302,9 +306,8 @@ fn phone_digits(s: &[u8], mut p: usize) -> (usize, [u8; 20], usize, bool) {
         let next = at(s, end + 1);
         if matches!(c, b' ' | b'-' | b'.') && (next.is_ascii_digit() || next == b'(') {
             p = end + 1;
-        } else if next.is_ascii_digit() && in_paren {
-            p = end;
-        } else if c == b'(' {
+        } else if (c.is_ascii_digit() && in_paren) || c == b'(' {
+            // `(0)20 …`, `1(415)…`
             p = end;
         } else {
             break;
@@ -496,6 +499,7 @@ fn country(d: &[u8]) -> Option<(usize, std::ops::RangeInclusive<usize>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::super::tests::{all_on, check, found_opts, none};
     use super::*;
@@ -527,8 +531,16 @@ mod tests {
 
     #[test]
     fn cards_with_separators() {
-        check("card: 4111 1111 1111 1111.", Entity::Card, "4111 1111 1111 1111");
-        check("card 4111-1111-1111-1111", Entity::Card, "4111-1111-1111-1111");
+        check(
+            "card: 4111 1111 1111 1111.",
+            Entity::Card,
+            "4111 1111 1111 1111",
+        );
+        check(
+            "card 4111-1111-1111-1111",
+            Entity::Card,
+            "4111-1111-1111-1111",
+        );
         check("amex 3782 822463 10005!", Entity::Card, "3782 822463 10005");
     }
 
@@ -556,12 +568,23 @@ mod tests {
     fn ssn() {
         check("SSN 123-45-6789.", Entity::Ssn, "123-45-6789");
         check("ssn:078-05-1120", Entity::Ssn, "078-05-1120");
-        for bad in ["000-12-3456", "666-12-3456", "900-12-3456", "123-00-4567", "123-45-0000", "123-45-67890", "1123-45-6789"] {
+        for bad in [
+            "000-12-3456",
+            "666-12-3456",
+            "900-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "123-45-67890",
+            "1123-45-6789",
+        ] {
             none(bad);
         }
         none("123456789");
         let o = all_on(true);
-        assert_eq!(found_opts("123456789", &o), vec![(Entity::Ssn, "123456789".into())]);
+        assert_eq!(
+            found_opts("123456789", &o),
+            vec![(Entity::Ssn, "123456789".into())]
+        );
         assert_eq!(found_opts("666456789", &o), vec![]);
         assert_eq!(found_opts("1234567890", &o), vec![]);
     }
@@ -580,6 +603,7 @@ mod tests {
             "+14155550132",
             "+44 20 7946 0958",
             "+44 (0)20 7946 0958",
+            "+44 (0)2 7946 09581",
             "+447700900123",
             "+49 30 901820",
             "+49 151 23456789",
@@ -627,7 +651,14 @@ mod tests {
         check("from 192.168.1.20:5432", Entity::IpAddress, "192.168.1.20");
         check("10.0.0.1", Entity::IpAddress, "10.0.0.1");
         check("255.255.255.255/32", Entity::IpAddress, "255.255.255.255");
-        for s in ["256.1.1.1", "1.2.3", "1.2.3.4.5", "v1.2.3.4", "01.2.3.4", "1.2.3.4a"] {
+        for s in [
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "v1.2.3.4",
+            "01.2.3.4",
+            "1.2.3.4a",
+        ] {
             none(s);
         }
     }

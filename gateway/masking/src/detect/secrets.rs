@@ -132,7 +132,9 @@ pub(super) fn at_letter(s: &[u8], i: usize, o: &ScanOptions) -> Option<Finding> 
                 while at(s, p) == b' ' && p - i < 12 {
                     p += 1;
                 }
-                let e = run(s, p, |b| is_alnum(b) || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+                let e = run(s, p, |b| {
+                    is_alnum(b) || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+                });
                 let mut end = e;
                 while at(s, end) == b'=' && end - e < 2 {
                     end += 1;
@@ -229,7 +231,9 @@ pub(super) fn pem_at(s: &[u8], i: usize, o: &ScanOptions) -> Option<Finding> {
         return None;
     }
     let l = i + BEGIN.len();
-    let le = run(s, l, |b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ');
+    let le = run(s, l, |b| {
+        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' '
+    });
     if le - l > 64 || !s[le..].starts_with(b"-----") {
         return None;
     }
@@ -265,10 +269,30 @@ fn find(s: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 
 /// Name endings that make the assigned value a secret.
 const SECRET_NAME_SUFFIXES: [&[u8]; 24] = [
-    b"password", b"passwd", b"passphrase", b"pwd", b"secret", b"token", b"apikey", b"api_key",
-    b"api-key", b"accesskey", b"access_key", b"secretkey", b"secret_key", b"privatekey",
-    b"private_key", b"signing_key", b"encryption_key", b"credential", b"credentials",
-    b"authorization", b"_pass", b"-pass", b".pass", b"auth_key",
+    b"password",
+    b"passwd",
+    b"passphrase",
+    b"pwd",
+    b"secret",
+    b"token",
+    b"apikey",
+    b"api_key",
+    b"api-key",
+    b"accesskey",
+    b"access_key",
+    b"secretkey",
+    b"secret_key",
+    b"privatekey",
+    b"private_key",
+    b"signing_key",
+    b"encryption_key",
+    b"credential",
+    b"credentials",
+    b"authorization",
+    b"_pass",
+    b"-pass",
+    b".pass",
+    b"auth_key",
 ];
 
 fn secret_name(name: &[u8]) -> bool {
@@ -286,7 +310,15 @@ fn secret_name(name: &[u8]) -> bool {
 fn ignorable_value(v: &[u8]) -> bool {
     // `password: null.` — sentence punctuation is not part of the placeholder.
     let v = v.strip_suffix(b".").unwrap_or(v);
-    const IGNORE: [&[u8]; 7] = [b"true", b"false", b"null", b"none", b"nil", b"undefined", b"redacted"];
+    const IGNORE: [&[u8]; 7] = [
+        b"true",
+        b"false",
+        b"null",
+        b"none",
+        b"nil",
+        b"undefined",
+        b"redacted",
+    ];
     IGNORE.iter().any(|w| v.eq_ignore_ascii_case(w))
         || v.starts_with(b"[REDACTED")
         || v.iter().all(|&b| b == b'*')
@@ -340,8 +372,14 @@ fn assigned_value(s: &[u8], i: usize, name_end: usize, o: &ScanOptions) -> Optio
         }
         (vs, e.min(s.len()))
     } else {
-        let value_char =
-            |b: u8| b > b' ' && b != 0x7f && !matches!(b, b',' | b';' | b'&' | b')' | b'}' | b']' | b'<' | b'>' | b'"' | b'\'');
+        let value_char = |b: u8| {
+            b > b' '
+                && b != 0x7f
+                && !matches!(
+                    b,
+                    b',' | b';' | b'&' | b')' | b'}' | b']' | b'<' | b'>' | b'"' | b'\''
+                )
+        };
         let e = run(s, p, value_char);
         // `Authorization: Bearer xyz`: the credential is the word after the scheme.
         let word = &s[p..e];
@@ -368,6 +406,7 @@ fn assigned_value(s: &[u8], i: usize, name_end: usize, o: &ScanOptions) -> Optio
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::super::tests::{check, found, none};
     use super::*;
@@ -376,22 +415,46 @@ mod tests {
 
     #[test]
     fn prefixed_keys() {
-        check("key AKIAIOSFODNN7EXAMPLE in log", Entity::AwsKey, "AKIAIOSFODNN7EXAMPLE");
-        check("ASIAY34FZKBOKMUTVV7A", Entity::AwsKey, "ASIAY34FZKBOKMUTVV7A");
+        check(
+            "key AKIAIOSFODNN7EXAMPLE in log",
+            Entity::AwsKey,
+            "AKIAIOSFODNN7EXAMPLE",
+        );
+        check(
+            "ASIAY34FZKBOKMUTVV7A",
+            Entity::AwsKey,
+            "ASIAY34FZKBOKMUTVV7A",
+        );
         let gh = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
         check(&format!("token {gh}"), Entity::GithubToken, gh);
         let pat = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV";
         check(pat, Entity::GithubToken, pat);
-        check("sk_live_4eC39HqLyjWDarjtT1zdp7dc", Entity::StripeKey, "sk_live_4eC39HqLyjWDarjtT1zdp7dc");
-        check("rk_test_51H8abcdEFGH1234ijkl", Entity::StripeKey, "rk_test_51H8abcdEFGH1234ijkl");
+        check(
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            Entity::StripeKey,
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        );
+        check(
+            "rk_test_51H8abcdEFGH1234ijkl",
+            Entity::StripeKey,
+            "rk_test_51H8abcdEFGH1234ijkl",
+        );
         let slack = "xoxb-2048-123456789012-AbCdEfGhIjKlMnOpQrStUvWx";
         check(slack, Entity::SlackToken, slack);
-        check("xapp-1-A0123-4567-abcdef", Entity::SlackToken, "xapp-1-A0123-4567-abcdef");
+        check(
+            "xapp-1-A0123-4567-abcdef",
+            Entity::SlackToken,
+            "xapp-1-A0123-4567-abcdef",
+        );
         let g = "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe";
         check(&format!("?key={g}&q=1"), Entity::GoogleApiKey, g);
         let oa = "sk-proj-abcDEF1234567890ghijKLMNOP";
         check(oa, Entity::OpenAiKey, oa);
-        check("sk-abcdefghij1234567890XYZ", Entity::OpenAiKey, "sk-abcdefghij1234567890XYZ");
+        check(
+            "sk-abcdefghij1234567890XYZ",
+            Entity::OpenAiKey,
+            "sk-abcdefghij1234567890XYZ",
+        );
     }
 
     #[test]
@@ -415,17 +478,30 @@ mod tests {
     #[test]
     fn jwt_and_bearer() {
         check(&format!("jwt {JWT} end"), Entity::Jwt, JWT);
-        check(&format!("Authorization: Bearer {JWT}"), Entity::BearerToken, JWT);
-        check("bearer abcdefghijklmnopqrstuvwxyz0123", Entity::BearerToken, "abcdefghijklmnopqrstuvwxyz0123");
+        check(
+            &format!("Authorization: Bearer {JWT}"),
+            Entity::BearerToken,
+            JWT,
+        );
+        check(
+            "bearer abcdefghijklmnopqrstuvwxyz0123",
+            Entity::BearerToken,
+            "abcdefghijklmnopqrstuvwxyz0123",
+        );
         // dXNlcjpwYXNz = "user:pass"
-        check("Authorization: Basic dXNlcjpwYXNz", Entity::BearerToken, "dXNlcjpwYXNz");
+        check(
+            "Authorization: Basic dXNlcjpwYXNz",
+            Entity::BearerToken,
+            "dXNlcjpwYXNz",
+        );
         // header without "alg"
         none("eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiIxIn0.c2ln");
     }
 
     #[test]
     fn pem_blocks() {
-        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----";
+        let pem =
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----";
         check(&format!("key:\n{pem}\nrest"), Entity::PrivateKey, pem);
         let cut = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA";
         check(cut, Entity::PrivateKey, cut);
@@ -436,12 +512,32 @@ mod tests {
     fn assigned_secrets() {
         check("password=hunter2", Entity::AssignedSecret, "hunter2");
         check("DB_PASSWORD=s3cr3t!", Entity::AssignedSecret, "s3cr3t!");
-        check(r#"{"client_secret": "abc def"}"#, Entity::AssignedSecret, "abc def");
+        check(
+            r#"{"client_secret": "abc def"}"#,
+            Entity::AssignedSecret,
+            "abc def",
+        );
         check("passwd: 'x y'", Entity::AssignedSecret, "x y");
-        check("url?access_token=abc123&x=1", Entity::AssignedSecret, "abc123");
-        check("ALTER ROLE app PASSWORD 'Tr0ub4dor'", Entity::AssignedSecret, "Tr0ub4dor");
-        check("authorization: Basic Zm9vOmJhcg==", Entity::BearerToken, "Zm9vOmJhcg==");
-        check("api_key=AKIAIOSFODNN7EXAMPLE", Entity::AwsKey, "AKIAIOSFODNN7EXAMPLE");
+        check(
+            "url?access_token=abc123&x=1",
+            Entity::AssignedSecret,
+            "abc123",
+        );
+        check(
+            "ALTER ROLE app PASSWORD 'Tr0ub4dor'",
+            Entity::AssignedSecret,
+            "Tr0ub4dor",
+        );
+        check(
+            "authorization: Basic Zm9vOmJhcg==",
+            Entity::BearerToken,
+            "Zm9vOmJhcg==",
+        );
+        check(
+            "api_key=AKIAIOSFODNN7EXAMPLE",
+            Entity::AwsKey,
+            "AKIAIOSFODNN7EXAMPLE",
+        );
         check("secret := xyz", Entity::AssignedSecret, "xyz");
         for s in [
             "password=",
