@@ -10,10 +10,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/
     # The package may start a system cluster; the demo runs its own.
     (service postgresql stop || pg_ctlcluster --help >/dev/null 2>&1) >/dev/null 2>&1 || true
 fi
-if ! pkg-config --exists tss2-esys 2>/dev/null; then
-    echo "demo: installing the TPM 2.0 library headers (libtss2-dev) the build links against" >&2
+# Build dependencies: libtss2 (TPM key store), libclang + protoc (pg_query, the SQL parser).
+build_missing=()
+pkg-config --exists tss2-esys 2>/dev/null || build_missing+=(libtss2-dev pkg-config)
+ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || build_missing+=(libclang-dev)
+command -v protoc >/dev/null 2>&1 || build_missing+=(protobuf-compiler)
+if [ "${#build_missing[@]}" -gt 0 ]; then
+    echo "demo: installing build dependencies: ${build_missing[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtss2-dev pkg-config >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${build_missing[@]}" >/dev/null
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gatehouse/target}"
 cargo build --release --locked -p gatehouse

@@ -101,6 +101,9 @@ install_system_packages() {
   command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
   command -v tpm2_getcap >/dev/null 2>&1 || missing+=(tpm2-tools)
   pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev pkg-config)
+  # pg_query (the SQL parser) generates bindings with libclang and compiles protobuf with protoc.
+  ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || missing+=(libclang-dev)
+  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
   if ! python_has_venv "${PYTHON:-python3}" && ! python_has_venv /usr/bin/python3; then
     missing+=(python3-venv)

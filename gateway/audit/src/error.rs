@@ -80,4 +80,50 @@ pub enum AuditError {
     /// A `StoreOptions` value is out of range.
     #[error("invalid audit store options: {0}")]
     InvalidOptions(&'static str),
+
+    /// The key store failed (getting the audit key or signing). Key-store errors name files,
+    /// purposes and key ids, never key bytes.
+    #[error("audit store key store error: {0}")]
+    Keys(#[source] Arc<gatehouse_board::KeyStoreError>),
+
+    /// AES-GCM or the random number generator failed.
+    #[error("audit store cryptographic operation failed")]
+    Crypto,
+
+    /// The store holds sealed records (or was opened with keys before), and this operation
+    /// was given no key store.
+    #[error("audit store is encrypted: open it with the key store")]
+    KeysRequired,
+
+    /// The store is older than its high-water mark: the database file was rolled back to an
+    /// earlier copy (or the newest checkpoints were removed).
+    #[error(
+        "audit store rolled back: the high-water mark covers {hwm_size} records, the newest \
+         matching checkpoint in the database {db_size}"
+    )]
+    RolledBack {
+        /// Records covered by the high-water mark.
+        hwm_size: u64,
+        /// Records covered by the newest checkpoint in the database.
+        db_size: u64,
+    },
+
+    /// The high-water-mark file exists but cannot be parsed.
+    #[error("audit store high-water mark file is malformed")]
+    BadHighWaterMark,
+
+    /// `prune` was asked to delete records inside the retention period, or records not yet
+    /// covered by a checkpoint.
+    #[error("refusing to prune: {0}")]
+    Retention(&'static str),
+
+    /// A checkpoint needs a signing key, and the store was opened without a key store.
+    #[error("audit store has no signing key (opened without a key store)")]
+    NoSigningKey,
+}
+
+impl AuditError {
+    pub(crate) fn keys(e: gatehouse_board::KeyStoreError) -> AuditError {
+        AuditError::Keys(Arc::new(e))
+    }
 }

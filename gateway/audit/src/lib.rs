@@ -53,16 +53,24 @@
 
 #![forbid(unsafe_code)]
 
+mod checkpoint;
 mod error;
+mod maintain;
+pub mod merkle;
 mod reader;
 mod record;
 mod schema;
+mod seal;
 mod store;
+mod verify;
 
+pub use checkpoint::{hwm_path, read_hwm, Checkpoint, CheckpointKind, PublicKey};
 pub use error::AuditError;
+pub use maintain::{prune, rotate_signing_key, PruneReport};
 pub use reader::{AuditReader, BadRecord, ChainBreak, Filter, VerifyReport};
 pub use record::{format_rfc3339_us, Decision, EventKind, Record, StoredRecord};
 pub use store::{AuditStore, StoreOptions, Synchronous};
+pub use verify::{verify, Problem, Verification, VerifyOptions, VerifyProgress};
 
 /// Sequence number of a stored record: 1, 2, 3, … without gaps.
 pub type Seq = i64;

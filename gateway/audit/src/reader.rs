@@ -1,12 +1,18 @@
 //! The read side: a read-only connection that works while the writer runs (WAL readers do not
 //! block the writer and see a consistent snapshot per query).
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Arc;
 
+use gatehouse_board::KeyStore;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 
-use crate::schema::{self, COLUMNS, DEFAULT_BUSY_TIMEOUT, GENESIS};
+use crate::checkpoint::Checkpoint;
+use crate::merkle::{self, Hash};
+use crate::schema::{self, DbNodes, Decoded, COLUMNS, DEFAULT_BUSY_TIMEOUT, GENESIS};
+use crate::seal::Sealer;
 use crate::{AuditError, Decision, EventKind, Seq, StoredRecord};
 
 /// Search criteria; every `Some` field must match. Results are in ascending seq order.
@@ -43,6 +49,11 @@ pub enum ChainBreak {
     PrevHashMismatch,
     /// The recomputed hash differs from the stored one (the row was edited).
     HashMismatch,
+    /// The sealed (encrypted) record does not authenticate: edited, moved to another seq,
+    /// or sealed with a key the key store does not have.
+    SealBroken,
+    /// The clear (searchable) columns of a sealed row disagree with the sealed record.
+    ClearColumnsMismatch,
 }
 
 /// The first row at which the chain does not verify.
@@ -82,10 +93,12 @@ impl VerifyReport {
 #[derive(Debug)]
 pub struct AuditReader {
     conn: Connection,
+    sealer: Option<RefCell<Sealer>>,
 }
 
 impl AuditReader {
-    /// Opens an existing store read-only. Fails if the file does not exist.
+    /// Opens an existing store read-only, without keys: sealed records cannot be read
+    /// ([`AuditError::KeysRequired`]). Fails if the file does not exist.
     pub fn open(path: &Path) -> Result<AuditReader, AuditError> {
         let conn = Connection::open_with_flags(
             path,
@@ -93,7 +106,102 @@ impl AuditReader {
         )?;
         conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)?;
         conn.pragma_update(None, "query_only", true)?;
-        Ok(AuditReader { conn })
+        Ok(AuditReader { conn, sealer: None })
+    }
+
+    /// Opens an existing store read-only with the key store that opens sealed records.
+    pub fn open_with(path: &Path, keys: Arc<dyn KeyStore>) -> Result<AuditReader, AuditError> {
+        let mut reader = AuditReader::open(path)?;
+        reader.sealer = Some(RefCell::new(Sealer::new(keys)?));
+        Ok(reader)
+    }
+
+    /// Every signed checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, AuditError> {
+        if !self.has_v2()? {
+            return Ok(Vec::new());
+        }
+        schema::checkpoints(&self.conn)
+    }
+
+    /// RFC 9162 inclusion proof of record `seq` in the tree of the first `tree_size` records
+    /// (e.g. a checkpoint's size). `None` if `seq` is not in `1..=tree_size` or the tree is
+    /// larger than the store. Check it with [`crate::merkle::verify_inclusion`] using leaf
+    /// index `seq - 1` and [`StoredRecord::leaf_hash`](crate::StoredRecord::leaf_hash).
+    pub fn inclusion_proof(
+        &self,
+        seq: Seq,
+        tree_size: u64,
+    ) -> Result<Option<Vec<Hash>>, AuditError> {
+        let Ok(index) = u64::try_from(seq - 1) else {
+            return Ok(None);
+        };
+        if tree_size > self.tree_size()? {
+            return Ok(None);
+        }
+        merkle::inclusion_proof(&mut DbNodes { conn: &self.conn }, index, tree_size)
+    }
+
+    /// RFC 9162 consistency proof from the tree of `old` records to the tree of `new`
+    /// records (e.g. two checkpoints). Check it with [`crate::merkle::verify_consistency`].
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Option<Vec<Hash>>, AuditError> {
+        if new > self.tree_size()? {
+            return Ok(None);
+        }
+        merkle::consistency_proof(&mut DbNodes { conn: &self.conn }, old, new)
+    }
+
+    /// The Merkle root of the first `tree_size` records.
+    pub fn root(&self, tree_size: u64) -> Result<Option<Hash>, AuditError> {
+        if tree_size > self.tree_size()? {
+            return Ok(None);
+        }
+        merkle::root(&mut DbNodes { conn: &self.conn }, tree_size).map(Some)
+    }
+
+    /// Number of records ever appended (the last seq), including pruned ones.
+    pub fn tree_size(&self) -> Result<u64, AuditError> {
+        let (last, _) = schema::chain_tail(&self.conn)?;
+        Ok(u64::try_from(last).unwrap_or(0))
+    }
+
+    /// The first seq still stored (greater than 1 after pruning).
+    pub fn first_seq(&self) -> Result<Seq, AuditError> {
+        if !self.has_v2()? {
+            return Ok(1);
+        }
+        schema::pruned_before(&self.conn)
+    }
+
+    fn has_v2(&self) -> Result<bool, AuditError> {
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        Ok(v >= 2)
+    }
+
+    /// Calls `f` for each record with `from_us <= time_us < to_us` in seq order, streaming
+    /// (for exports of large ranges). Stops early when `f` returns `false`.
+    pub fn for_each_in_time_range(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        mut f: impl FnMut(StoredRecord) -> bool,
+    ) -> Result<(), AuditError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM records WHERE time_us >= ?1 AND time_us < ?2 ORDER BY seq"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query([from_us, to_us])?;
+        let mut plain = Vec::new();
+        let mut sealer = self.sealer.as_ref().map(|s| s.borrow_mut());
+        while let Some(row) = rows.next()? {
+            let rec = schema::read_row(row, sealer.as_deref_mut(), &mut plain)?;
+            if !f(rec) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The last `n` records, in ascending seq order.
@@ -125,7 +233,11 @@ impl AuditReader {
             args.push(v);
         };
         if let Some(u) = &filter.username {
-            add("username = ?", SqlValue::Text(u.clone()));
+            // Sealed rows keep the user name inside the seal: filtered after opening.
+            add(
+                "(username = ? OR key_id IS NOT NULL)",
+                SqlValue::Text(u.clone()),
+            );
         }
         if let Some(c) = &filter.connection {
             add("connection = ?", SqlValue::Text(c.clone()));
@@ -149,6 +261,10 @@ impl AuditReader {
         if !conds.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conds.join(" AND "));
+        }
+        if filter.username.is_some() {
+            sql.push_str(" ORDER BY seq");
+            return self.query_filtered(&sql, args, filter.username.as_deref(), filter.limit);
         }
         sql.push_str(" ORDER BY seq LIMIT ?");
         args.push(SqlValue::Integer(sql_limit(filter.limit)));
@@ -176,8 +292,26 @@ impl AuditReader {
             first_bad: None,
         };
         let mut buf = Vec::new();
+        let mut plain = Vec::new();
+        let mut sealer = self.sealer.as_ref().map(|s| s.borrow_mut());
+        let mut first = true;
         while let Some(row) = rows.next()? {
             let seq: Seq = row.get(0)?;
+            if first {
+                // After pruning the chain starts at the first kept row, from its stored
+                // prev_hash (the Merkle tree and checkpoints vouch for it: see `verify`).
+                first = false;
+                let start = if self.has_v2()? {
+                    schema::pruned_before(&self.conn)?
+                } else {
+                    1
+                };
+                if start > 1 && seq == start {
+                    report.last_seq = seq - 1;
+                    let prev: Vec<u8> = row.get(27)?;
+                    report.last_hash = schema::hash32(seq, "prev_hash", &prev)?;
+                }
+            }
             let expected = report.last_seq + 1;
             let bad = |seq, reason| Some(BadRecord { seq, reason });
             if seq < 1 {
@@ -188,8 +322,16 @@ impl AuditReader {
                 report.first_bad = bad(expected, ChainBreak::Missing);
                 break;
             }
-            let stored = match schema::row_to_stored(row) {
-                Ok(s) => s,
+            let stored = match schema::decode_row(row, sealer.as_deref_mut(), &mut plain) {
+                Ok(Decoded::Ok(s)) => s,
+                Ok(Decoded::SealBroken) => {
+                    report.first_bad = bad(seq, ChainBreak::SealBroken);
+                    break;
+                }
+                Ok(Decoded::ClearMismatch) => {
+                    report.first_bad = bad(seq, ChainBreak::ClearColumnsMismatch);
+                    break;
+                }
                 Err(AuditError::Corrupt { .. }) => {
                     report.first_bad = bad(seq, ChainBreak::Undecodable);
                     break;
@@ -216,11 +358,32 @@ impl AuditReader {
     }
 
     fn query(&self, sql: &str, args: Vec<SqlValue>) -> Result<Vec<StoredRecord>, AuditError> {
+        self.query_filtered(sql, args, None, None)
+    }
+
+    /// Runs `sql`, decodes (and opens) each row, keeps rows whose username is `username`
+    /// (when given; sealed rows hold it only inside the seal), up to `limit`.
+    fn query_filtered(
+        &self,
+        sql: &str,
+        args: Vec<SqlValue>,
+        username: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<StoredRecord>, AuditError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut rows = stmt.query(params_from_iter(args))?;
         let mut out = Vec::new();
+        let mut plain = Vec::new();
+        let mut sealer = self.sealer.as_ref().map(|s| s.borrow_mut());
         while let Some(row) = rows.next()? {
-            out.push(schema::row_to_stored(row)?);
+            if limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+            let rec = schema::read_row(row, sealer.as_deref_mut(), &mut plain)?;
+            if username.is_some_and(|u| rec.record.username.as_deref() != Some(u)) {
+                continue;
+            }
+            out.push(rec);
         }
         Ok(out)
     }

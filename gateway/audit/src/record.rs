@@ -228,6 +228,11 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
+    /// The record's Merkle leaf hash, `SHA-256(0x00 || hash)`.
+    pub fn leaf_hash(&self) -> [u8; 32] {
+        crate::merkle::leaf_hash(&self.hash)
+    }
+
     /// A flat JSON object: `seq`, `time` (RFC 3339 UTC, microseconds, `Z`), `time_us`, `event`,
     /// every other field that is set (absent options are omitted; `groups` is always present),
     /// then `prev_hash` and `hash` in lower-case hex.

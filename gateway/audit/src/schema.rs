@@ -6,10 +6,13 @@ use std::time::Duration;
 use ring::digest;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
+use crate::checkpoint::{Checkpoint, CheckpointKind, PublicKey};
+use crate::merkle::{leaf_hash, CompactRange, Hash, CHUNK};
+use crate::seal::Sealer;
 use crate::{AuditError, Decision, EventKind, Record, Seq, StoredRecord};
 
 /// `PRAGMA user_version` of the schema below.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for another connection's lock before failing.
 pub(crate) const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,18 +55,52 @@ CREATE TABLE IF NOT EXISTS records (
 ) STRICT;
 "#;
 
+/// Version 2: sealed records, the Merkle chunk hashes, signed checkpoints, pruning state.
+/// For a sealed row, `key_id` names the audit key and `sealed` holds the AES-256-GCM sealed
+/// canonical encoding of the whole record; the sensitive columns are NULL
+/// (`groups` is `[]`; see [`clear_view`]) and the others stay in the clear for searching.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE records ADD COLUMN key_id TEXT;
+ALTER TABLE records ADD COLUMN sealed BLOB;
+CREATE TABLE merkle_chunks (
+    chunk INTEGER PRIMARY KEY,
+    hash  BLOB NOT NULL
+) STRICT;
+CREATE TABLE checkpoints (
+    id          INTEGER PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    root        BLOB NOT NULL,
+    time_us     INTEGER NOT NULL,
+    last_hash   BLOB NOT NULL,
+    config_hash TEXT,
+    policy_hash TEXT,
+    kind        TEXT NOT NULL,
+    signer      TEXT NOT NULL,
+    next_key    TEXT,
+    signature   BLOB NOT NULL
+) STRICT;
+CREATE TABLE pruned_leaves (
+    leaf INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+) STRICT;
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+"#;
+
 /// Every column, in the order `row_to_stored` reads them.
 pub(crate) const COLUMNS: &str = r#"seq, time_us, event, gateway, listener, session_id, source,
     subject, username, email, "groups", token_id, issuer, connection, protocol, statement,
     statement_name, param_count, decision, reason, sqlstate, "rows", bytes_in, bytes_out,
-    duration_us, ref_seq, config_hash, prev_hash, hash"#;
+    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed"#;
 
 const INSERT: &str = r#"INSERT INTO records (seq, time_us, event, gateway, listener, session_id,
     source, subject, username, email, "groups", token_id, issuer, connection, protocol, statement,
     statement_name, param_count, decision, reason, sqlstate, "rows", bytes_in, bytes_out,
-    duration_us, ref_seq, config_hash, prev_hash, hash)
+    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"#;
+    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"#;
 
 /// Creates the table if missing and checks the schema version.
 pub(crate) fn ensure_schema(conn: &mut Connection) -> Result<(), AuditError> {
@@ -76,6 +113,9 @@ pub(crate) fn ensure_schema(conn: &mut Connection) -> Result<(), AuditError> {
         });
     }
     tx.execute_batch(SCHEMA)?;
+    if found < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
+    }
     if found < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
@@ -116,18 +156,51 @@ pub(crate) fn chain_hash(
     Ok(out)
 }
 
-/// Appends records after the chain tail inside `tx`; returns the first assigned seq.
+/// `SHA-256(prev_hash || postcard(seq) || record_bytes)` where `record_bytes` is
+/// `postcard(record)`: the same bytes as [`chain_hash`] (a postcard tuple is the
+/// concatenation of its elements), for callers that already hold the record's encoding.
+pub(crate) fn chain_hash_encoded(prev: &[u8; 32], seq: Seq, record_bytes: &[u8]) -> [u8; 32] {
+    let mut seq_buf = [0u8; 10];
+    let seq_bytes: &[u8] = match postcard::to_slice(&seq, &mut seq_buf) {
+        Ok(b) => b,
+        Err(_) => &[],
+    };
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(prev);
+    ctx.update(seq_bytes);
+    ctx.update(record_bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Appends records after the chain tail inside `tx`; returns the first assigned seq and
+/// calls `on_hash(seq, hash)` for each row. With a `sealer`, each row is sealed.
 pub(crate) fn insert_group<'a>(
     tx: &Transaction<'_>,
     records: impl Iterator<Item = &'a Record>,
     buf: &mut Vec<u8>,
+    sealer: Option<&Sealer>,
+    mut on_hash: impl FnMut(Seq, &Record, [u8; 32]),
 ) -> Result<Seq, AuditError> {
     let (mut seq, mut prev) = chain_tail(tx)?;
     let first = seq + 1;
     let mut stmt = tx.prepare_cached(INSERT)?;
     for r in records {
         seq += 1;
-        let hash = chain_hash(&prev, seq, r, buf)?;
+        buf.clear();
+        let encoded = postcard::to_extend(r, std::mem::take(buf))?;
+        let hash = chain_hash_encoded(&prev, seq, &encoded);
+        let (key_id, sealed) = match sealer {
+            Some(s) => (Some(s.key_id().as_str()), Some(s.seal(seq, &encoded)?)),
+            None => (None, None),
+        };
+        *buf = encoded;
+        let clear = match sealer {
+            Some(_) => clear_view(r),
+            None => r.clone(),
+        };
+        let r = &clear;
         let groups = serde_json::to_string(&r.groups).map_err(|_| AuditError::Corrupt {
             seq,
             reason: "groups cannot be encoded as JSON".into(),
@@ -162,13 +235,106 @@ pub(crate) fn insert_group<'a>(
             r.config_hash,
             &prev[..],
             &hash[..],
+            key_id,
+            sealed,
         ])?;
+        on_hash(seq, r, hash);
         prev = hash;
     }
     Ok(first)
 }
 
-/// Decodes a row selected with [`COLUMNS`]. Errors name the seq and column, never the value.
+/// The record as its clear columns show it when sealed: the sensitive fields (source,
+/// subject, username, email, groups, token id, issuer, statement, statement name, reason)
+/// empty.
+pub(crate) fn clear_view(r: &Record) -> Record {
+    Record {
+        source: None,
+        subject: None,
+        username: None,
+        email: None,
+        groups: Vec::new(),
+        token_id: None,
+        issuer: None,
+        statement: None,
+        statement_name: None,
+        reason: None,
+        ..r.clone()
+    }
+}
+
+/// How a row decoded.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per row and matched at once; boxing would allocate per row"
+)]
+pub(crate) enum Decoded {
+    /// The record and its chain hashes.
+    Ok(StoredRecord),
+    /// The sealed blob does not authenticate (edited, moved or wrong key).
+    SealBroken,
+    /// The clear columns of a sealed row disagree with the sealed record.
+    ClearMismatch,
+}
+
+/// Decodes a row selected with [`COLUMNS`], opening sealed rows with `sealer`. Errors name
+/// the seq and column, never the value. A sealed row without a sealer is
+/// [`AuditError::KeysRequired`].
+pub(crate) fn decode_row(
+    row: &Row<'_>,
+    sealer: Option<&mut Sealer>,
+    plain: &mut Vec<u8>,
+) -> Result<Decoded, AuditError> {
+    let stored = row_to_stored(row)?;
+    let seq = stored.seq;
+    let key_id: Option<String> = row.get(29)?;
+    let Some(key_id) = key_id else {
+        return Ok(Decoded::Ok(stored));
+    };
+    let sealed: Vec<u8> = row
+        .get::<_, Option<Vec<u8>>>(30)
+        .map_err(|e| AuditError::Corrupt {
+            seq,
+            reason: format!("unreadable column: {}", column_error(&e)),
+        })?
+        .unwrap_or_default();
+    let Some(sealer) = sealer else {
+        return Err(AuditError::KeysRequired);
+    };
+    if !sealer.open(seq, &key_id, &sealed, plain)? {
+        return Ok(Decoded::SealBroken);
+    }
+    let record: Record = postcard::from_bytes(plain).map_err(|_| AuditError::Corrupt {
+        seq,
+        reason: "sealed record does not decode".into(),
+    })?;
+    if clear_view(&record) != stored.record {
+        return Ok(Decoded::ClearMismatch);
+    }
+    Ok(Decoded::Ok(StoredRecord { record, ..stored }))
+}
+
+/// As [`decode_row`] for readers: a broken seal or mismatch is [`AuditError::Corrupt`].
+pub(crate) fn read_row(
+    row: &Row<'_>,
+    sealer: Option<&mut Sealer>,
+    plain: &mut Vec<u8>,
+) -> Result<StoredRecord, AuditError> {
+    match decode_row(row, sealer, plain)? {
+        Decoded::Ok(s) => Ok(s),
+        Decoded::SealBroken => Err(AuditError::Corrupt {
+            seq: row.get(0)?,
+            reason: "sealed record does not authenticate".into(),
+        }),
+        Decoded::ClearMismatch => Err(AuditError::Corrupt {
+            seq: row.get(0)?,
+            reason: "clear columns disagree with the sealed record".into(),
+        }),
+    }
+}
+
+/// Decodes the clear columns of a row selected with [`COLUMNS`]. Errors name the seq and
+/// column, never the value.
 pub(crate) fn row_to_stored(row: &Row<'_>) -> Result<StoredRecord, AuditError> {
     let seq: Seq = row.get(0)?;
     let corrupt = |reason: String| AuditError::Corrupt { seq, reason };
@@ -221,7 +387,7 @@ pub(crate) fn row_to_stored(row: &Row<'_>) -> Result<StoredRecord, AuditError> {
     })
 }
 
-fn hash32(seq: Seq, column: &str, bytes: &[u8]) -> Result<[u8; 32], AuditError> {
+pub(crate) fn hash32(seq: Seq, column: &str, bytes: &[u8]) -> Result<[u8; 32], AuditError> {
     <[u8; 32]>::try_from(bytes).map_err(|_| AuditError::Corrupt {
         seq,
         reason: format!("{column} is {} bytes, not 32", bytes.len()),
@@ -244,6 +410,167 @@ fn column_error(e: &rusqlite::Error) -> String {
         rusqlite::Error::Utf8Error(..) => "text is not UTF-8".into(),
         _ => "unexpected error".into(),
     }
+}
+
+/// Leaves and chunk hashes read from the database (records, pruned leaves, chunks).
+pub(crate) struct DbNodes<'c> {
+    pub(crate) conn: &'c Connection,
+}
+
+impl crate::merkle::NodeSource for DbNodes<'_> {
+    type Error = AuditError;
+
+    fn leaf(&mut self, index: u64) -> Result<Hash, AuditError> {
+        let seq = Seq::try_from(index).unwrap_or(Seq::MAX - 1) + 1;
+        let hash: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT hash FROM records WHERE seq = ?1")?
+            .query_row([seq], |r| r.get(0))
+            .optional()?;
+        if let Some(h) = hash {
+            return Ok(leaf_hash(&hash32(seq, "hash", &h)?));
+        }
+        let kept: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT hash FROM pruned_leaves WHERE leaf = ?1")?
+            .query_row([seq - 1], |r| r.get(0))
+            .optional()?;
+        match kept {
+            Some(h) => hash32(seq, "pruned leaf", &h),
+            None => Err(AuditError::Corrupt {
+                seq,
+                reason: "the leaf is neither stored nor kept after pruning".into(),
+            }),
+        }
+    }
+
+    fn chunk(&mut self, k: u64) -> Result<Option<Hash>, AuditError> {
+        let k = i64::try_from(k).unwrap_or(i64::MAX);
+        let h: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT hash FROM merkle_chunks WHERE chunk = ?1")?
+            .query_row([k], |r| r.get(0))
+            .optional()?;
+        h.map(|h| hash32(k, "chunk", &h)).transpose()
+    }
+}
+
+/// Stores a checkpoint; returns its id.
+pub(crate) fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> Result<i64, AuditError> {
+    conn.prepare_cached(
+        "INSERT INTO checkpoints (size, root, time_us, last_hash, config_hash, policy_hash, kind,
+         signer, next_key, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        i64::try_from(cp.size).unwrap_or(i64::MAX),
+        &cp.root[..],
+        cp.time_us,
+        &cp.last_hash[..],
+        cp.config_hash,
+        cp.policy_hash,
+        cp.kind.as_str(),
+        cp.signer.to_text(),
+        cp.next_key.as_ref().map(PublicKey::to_text),
+        cp.signature,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Every checkpoint in id order. A row that does not decode is `Corrupt` with seq = its id.
+pub(crate) fn checkpoints(conn: &Connection) -> Result<Vec<Checkpoint>, AuditError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, size, root, time_us, last_hash, config_hash, policy_hash, kind, signer,
+         next_key, signature FROM checkpoints ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let bad = |reason: &str| AuditError::Corrupt {
+            seq: id,
+            reason: format!("checkpoint: {reason}"),
+        };
+        let size: i64 = row.get(1)?;
+        let root: Vec<u8> = row.get(2)?;
+        let last_hash: Vec<u8> = row.get(4)?;
+        let kind: String = row.get(7)?;
+        let signer: String = row.get(8)?;
+        let next_key: Option<String> = row.get(9)?;
+        out.push(Checkpoint {
+            id,
+            size: u64::try_from(size).map_err(|_| bad("negative size"))?,
+            root: hash32(id, "root", &root)?,
+            time_us: row.get(3)?,
+            last_hash: hash32(id, "last_hash", &last_hash)?,
+            config_hash: row.get(5)?,
+            policy_hash: row.get(6)?,
+            kind: CheckpointKind::from_name(&kind).ok_or_else(|| bad("unknown kind"))?,
+            signer: PublicKey::from_text(&signer).ok_or_else(|| bad("bad signer"))?,
+            next_key: match next_key {
+                None => None,
+                Some(t) => Some(PublicKey::from_text(&t).ok_or_else(|| bad("bad next key"))?),
+            },
+            signature: row.get(10)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The newest checkpoint, if any.
+pub(crate) fn last_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
+    // Few rows (one per interval); reading them all keeps one decoder.
+    Ok(checkpoints(conn)?.pop())
+}
+
+/// A `meta` value.
+pub(crate) fn meta_get(conn: &Connection, name: &str) -> Result<Option<String>, AuditError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
+/// Sets a `meta` value.
+pub(crate) fn meta_set(conn: &Connection, name: &str, value: &str) -> Result<(), AuditError> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")?
+        .execute([name, value])?;
+    Ok(())
+}
+
+/// The first seq still stored after pruning (1 when nothing was pruned).
+pub(crate) fn pruned_before(conn: &Connection) -> Result<Seq, AuditError> {
+    Ok(meta_get(conn, META_PRUNED_BEFORE)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1))
+}
+
+/// `meta` name: set once a store has been opened with a key store (rows are sealed).
+pub(crate) const META_SEALED: &str = "sealed";
+/// `meta` name: records with a smaller seq were pruned.
+pub(crate) const META_PRUNED_BEFORE: &str = "pruned_before";
+
+/// Brings `merkle_chunks` up to date with the records (needed once for a store written by
+/// schema version 1; afterwards chunks are written in the same transaction as their
+/// records) and returns the compact range of the whole tree.
+pub(crate) fn rebuild_merkle(conn: &mut Connection) -> Result<CompactRange, AuditError> {
+    let (last_seq, _) = chain_tail(conn)?;
+    let size = u64::try_from(last_seq).unwrap_or(0);
+    let stored: i64 = conn.query_row("SELECT count(*) FROM merkle_chunks", [], |r| r.get(0))?;
+    let stored = u64::try_from(stored).unwrap_or(0);
+    let full = size / CHUNK;
+    if stored < full {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut nodes = DbNodes { conn: &tx };
+            for k in stored..full {
+                let h = crate::merkle::subtree(&mut nodes, k * CHUNK, CHUNK)?;
+                tx.prepare_cached("INSERT INTO merkle_chunks (chunk, hash) VALUES (?1, ?2)")?
+                    .execute(params![i64::try_from(k).unwrap_or(i64::MAX), &h[..]])?;
+            }
+        }
+        tx.commit()?;
+    }
+    CompactRange::from_source(&mut DbNodes { conn }, size)
 }
 
 #[cfg(test)]
@@ -274,6 +601,8 @@ mod tests {
         r.rows = Some(-2);
         let prev: [u8; 32] = std::array::from_fn(|i| i as u8);
         let hash = chain_hash(&prev, 300, &r, &mut buf).unwrap();
+        let rec_bytes = postcard::to_allocvec(&r).unwrap();
+        assert_eq!(chain_hash_encoded(&prev, 300, &rec_bytes), hash);
         assert_eq!(
             hex::encode(&buf),
             "d804010801670000000001016100010178000000000000000101000001030000000000"

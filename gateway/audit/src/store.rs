@@ -6,22 +6,29 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use gatehouse_board::KeyStore;
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::{self, Checkpoint, CheckpointKind, PublicKey};
+use crate::merkle::{CompactRange, CHUNK};
 use crate::schema::{self, DEFAULT_BUSY_TIMEOUT};
+use crate::seal::Sealer;
 use crate::{AuditError, Record, Seq};
 
-/// SQLite `synchronous` setting for the store (the journal is always WAL).
+/// Durability of acknowledged records (the journal is always WAL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Synchronous {
-    /// `synchronous=NORMAL`: a committed record survives a crash of the gateway process; an OS
-    /// crash or power loss can lose the last commits (never corrupts the file).
+    /// *Bounded* (the default): `synchronous=NORMAL`, and the writer fsyncs the WAL at most
+    /// [`StoreOptions::sync_window`] after a commit. A committed record survives a crash of
+    /// the gateway process at once, and an OS crash or power loss once the window has passed
+    /// (never corrupts the file).
     #[default]
     Normal,
-    /// `synchronous=FULL`: every commit is fsynced before it is acknowledged; survives power loss.
+    /// *Strict*: `synchronous=FULL`, every group commit is fsynced before any record in it
+    /// is acknowledged; survives power loss.
     Full,
 }
 
@@ -43,6 +50,14 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// How long a write waits for a lock held by another connection before the group fails.
     pub busy_timeout: Duration,
+    /// With [`Synchronous::Normal`]: the most time between a commit and the fsync of the WAL
+    /// that makes it survive power loss.
+    pub sync_window: Duration,
+    /// A signed checkpoint after this many records (with a key store). At least 1.
+    pub checkpoint_every: u64,
+    /// A signed checkpoint when this much time has passed since the last one and records
+    /// were added (with a key store).
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for StoreOptions {
@@ -51,6 +66,9 @@ impl Default for StoreOptions {
             synchronous: Synchronous::Normal,
             max_batch: 4096,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            sync_window: Duration::from_millis(10),
+            checkpoint_every: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
         }
     }
 }
@@ -72,6 +90,8 @@ enum Msg {
         ack: Ack<Vec<Seq>>,
     },
     Flush(Ack<()>),
+    Checkpoint(mpsc::Sender<Result<Checkpoint, AuditError>>),
+    PolicyHash(Option<String>),
     Shutdown(mpsc::Sender<Result<(), AuditError>>),
 }
 
@@ -80,7 +100,7 @@ impl Msg {
         match self {
             Msg::One { .. } => 1,
             Msg::Many { records, .. } => records.len(),
-            Msg::Flush(_) | Msg::Shutdown(_) => 0,
+            Msg::Flush(_) | Msg::Shutdown(_) | Msg::Checkpoint(_) | Msg::PolicyHash(_) => 0,
         }
     }
 }
@@ -148,12 +168,40 @@ pub struct AuditStore {
 }
 
 impl AuditStore {
-    /// Opens (creating if needed) the store at `path`: the directory (0700) and file (0600)
-    /// are created, WAL mode and `synchronous` are set, the schema is created, and the writer
-    /// thread is started. Sequence numbers and the hash chain continue from the last row.
+    /// Opens (creating if needed) the store at `path` without a key store: records are
+    /// stored in the clear and hash-chained into the Merkle tree, but no checkpoint can be
+    /// signed. For development and tests; the gateway uses [`AuditStore::open_with`].
+    /// Refused with [`AuditError::KeysRequired`] for a store that was ever opened with keys.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<AuditStore, AuditError> {
+        AuditStore::start(path, opts, None)
+    }
+
+    /// Opens (creating if needed) the store at `path`: the directory (0700) and file (0600)
+    /// are created, WAL mode and `synchronous` are set, the schema is created or migrated,
+    /// the Merkle state is rebuilt, the database is checked against its high-water mark
+    /// ([`AuditError::RolledBack`]), and the writer thread is started. Sequence numbers, the
+    /// hash chain and the tree continue from the last row. New records are sealed with the
+    /// key store's audit key; checkpoints are signed with its signing key.
+    pub fn open_with(
+        path: &Path,
+        opts: StoreOptions,
+        keys: Arc<dyn KeyStore>,
+    ) -> Result<AuditStore, AuditError> {
+        AuditStore::start(path, opts, Some(keys))
+    }
+
+    fn start(
+        path: &Path,
+        opts: StoreOptions,
+        keys: Option<Arc<dyn KeyStore>>,
+    ) -> Result<AuditStore, AuditError> {
         if opts.max_batch == 0 {
             return Err(AuditError::InvalidOptions("max_batch must be at least 1"));
+        }
+        if opts.checkpoint_every == 0 {
+            return Err(AuditError::InvalidOptions(
+                "checkpoint_every must be at least 1",
+            ));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
@@ -175,14 +223,47 @@ impl AuditStore {
         conn.pragma_update(None, "synchronous", opts.synchronous.pragma_value())?;
         schema::ensure_schema(&mut conn)?;
         // Fail at open, not at the first append, if the tail row is unreadable.
-        let (last_seq, _) = schema::chain_tail(&conn)?;
-        tracing::info!(last_seq, "audit store opened");
+        let (last_seq, last_hash) = schema::chain_tail(&conn)?;
+        let sealed_before = schema::meta_get(&conn, schema::META_SEALED)?.is_some();
+        let sealer = match &keys {
+            Some(k) => {
+                if !sealed_before {
+                    schema::meta_set(&conn, schema::META_SEALED, "1")?;
+                }
+                Some(Sealer::new(Arc::clone(k))?)
+            }
+            None if sealed_before => return Err(AuditError::KeysRequired),
+            None => None,
+        };
+        let last_cp = schema::last_checkpoint(&conn)?;
+        check_high_water_mark(&conn, path, last_cp.as_ref())?;
+        let merkle = schema::rebuild_merkle(&mut conn)?;
+        if let (Some(k), Some(cp)) = (&keys, &last_cp) {
+            let current = PublicKey::of(k.as_ref())?;
+            let expected = cp.next_key.as_ref().unwrap_or(&cp.signer);
+            if current != *expected {
+                tracing::warn!(
+                    key_id = %current.key_id(),
+                    previous = %expected.key_id(),
+                    "audit signing key differs from the last checkpoint's and no rotation \
+                     was recorded; verification will report the change"
+                );
+            }
+        }
+        let config_hash = match &last_cp {
+            Some(cp) => cp.config_hash.clone(),
+            None => None,
+        };
+        let policy_hash = last_cp.as_ref().and_then(|cp| cp.policy_hash.clone());
+        let covered = last_cp.as_ref().map_or(0, |cp| cp.size);
+        tracing::info!(last_seq, sealed = sealer.is_some(), "audit store opened");
 
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
             gone: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
+        let now = Instant::now();
         let writer = Writer {
             conn,
             rx,
@@ -191,6 +272,17 @@ impl AuditStore {
             lost: 0,
             buf: Vec::new(),
             file: FileIdentity::of(path)?,
+            path: path.to_owned(),
+            keys,
+            sealer,
+            merkle,
+            last_hash,
+            covered,
+            last_checkpoint_at: now,
+            config_hash,
+            policy_hash,
+            unsynced_since: None,
+            opts,
         };
         let thread = std::thread::Builder::new()
             .name("gatehouse-audit-writer".into())
@@ -202,6 +294,20 @@ impl AuditStore {
                 thread: Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// Writes a signed checkpoint of everything committed so far (after everything queued
+    /// before this call is committed) and updates the high-water mark. Blocks the calling
+    /// thread for the commit and the signature (call from `spawn_blocking` in async code).
+    pub fn checkpoint_now(&self) -> Result<Checkpoint, AuditError> {
+        let (ack, answer) = mpsc::channel();
+        self.send(Msg::Checkpoint(ack))?;
+        answer.recv().unwrap_or(Err(AuditError::WriterGone))
+    }
+
+    /// Sets the policy hash that the next checkpoints carry (`None`: no policy loaded).
+    pub fn set_policy_hash(&self, hash: Option<String>) -> Result<(), AuditError> {
+        self.send(Msg::PolicyHash(hash))
     }
 
     /// Queues `record` and resolves with its sequence number once its group has committed.
@@ -277,6 +383,21 @@ struct Writer {
     buf: Vec<u8>,
     /// Identity of the database file at open.
     file: FileIdentity,
+    path: PathBuf,
+    keys: Option<Arc<dyn KeyStore>>,
+    sealer: Option<Sealer>,
+    /// The tree over every committed record.
+    merkle: CompactRange,
+    /// Chain hash of the last committed record.
+    last_hash: [u8; 32],
+    /// Records covered by the newest checkpoint.
+    covered: u64,
+    last_checkpoint_at: Instant,
+    config_hash: Option<String>,
+    policy_hash: Option<String>,
+    /// First commit not yet fsynced (bounded durability).
+    unsynced_since: Option<Instant>,
+    opts: StoreOptions,
 }
 
 /// The database file's path and inode, to notice it being removed or replaced.
@@ -318,8 +439,25 @@ impl Writer {
     fn run(mut self) {
         let _gone = GoneOnExit(Arc::clone(&self.shared));
         let mut group = Vec::new();
-        // `recv` fails only when every handle is gone (they send `Shutdown` first).
-        while let Ok(first) = self.rx.recv() {
+        loop {
+            let first = match self.next_deadline() {
+                None => match self.rx.recv() {
+                    Ok(m) => m,
+                    // Fails only when every handle is gone (they send `Shutdown` first).
+                    Err(_) => break,
+                },
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match self.rx.recv_timeout(wait) {
+                        Ok(m) => m,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            self.tick();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
             let mut records = first.record_count();
             let mut stop = matches!(first, Msg::Shutdown(_));
             group.push(first);
@@ -334,12 +472,88 @@ impl Writer {
                 }
             }
             self.commit_group(&mut group, records);
+            self.tick();
             if stop {
                 break;
             }
         }
         // Messages still queued are dropped with their acknowledgement senders, so their
         // callers see `WriterGone` instead of waiting forever.
+    }
+
+    /// When the writer must wake up without a message: the end of the sync window, or the
+    /// checkpoint interval if records are not yet covered.
+    fn next_deadline(&self) -> Option<Instant> {
+        let sync = self.unsynced_since.map(|t| t + self.opts.sync_window);
+        let cp = (self.keys.is_some() && self.merkle.size() > self.covered)
+            .then(|| self.last_checkpoint_at + self.opts.checkpoint_interval);
+        match (sync, cp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Periodic work: fsync the WAL when the sync window is over; an interval checkpoint when
+    /// enough records or time have passed.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if let Some(t) = self.unsynced_since {
+            if now >= t + self.opts.sync_window {
+                match self.sync_wal() {
+                    Ok(()) => self.unsynced_since = None,
+                    Err(e) => tracing::error!(error = %e, "audit WAL fsync failed"),
+                }
+            }
+        }
+        let pending = self.merkle.size() - self.covered.min(self.merkle.size());
+        if self.keys.is_some()
+            && pending > 0
+            && (pending >= self.opts.checkpoint_every
+                || now >= self.last_checkpoint_at + self.opts.checkpoint_interval)
+        {
+            if let Err(e) = self.checkpoint(CheckpointKind::Interval) {
+                // Retried at the next interval; verification shows the uncovered records.
+                self.last_checkpoint_at = now;
+                tracing::error!(error = %e, "audit checkpoint failed");
+            }
+        }
+    }
+
+    /// Makes every committed WAL frame durable: fsync of the `-wal` file (SQLite with
+    /// `synchronous=NORMAL` fsyncs it only before checkpoints).
+    fn sync_wal(&self) -> Result<(), AuditError> {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        match std::fs::File::open(PathBuf::from(wal)) {
+            Ok(f) => Ok(f.sync_data()?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Signs and stores a checkpoint of everything committed, and updates the high-water mark.
+    fn checkpoint(&mut self, kind: CheckpointKind) -> Result<Checkpoint, AuditError> {
+        let keys = self.keys.as_ref().ok_or(AuditError::NoSigningKey)?;
+        let mut cp = Checkpoint {
+            id: 0,
+            size: self.merkle.size(),
+            root: self.merkle.root(),
+            time_us: now_us(),
+            last_hash: self.last_hash,
+            config_hash: self.config_hash.clone(),
+            policy_hash: self.policy_hash.clone(),
+            kind,
+            signer: PublicKey::of(keys.as_ref())?,
+            next_key: None,
+            signature: Vec::new(),
+        };
+        cp.sign(keys.as_ref())?;
+        cp.id = schema::insert_checkpoint(&self.conn, &cp)?;
+        checkpoint::write_hwm(&self.path, &cp)?;
+        self.covered = cp.size;
+        self.last_checkpoint_at = Instant::now();
+        tracing::debug!(size = cp.size, "audit checkpoint written");
+        Ok(cp)
     }
 
     /// Writes every record in `group` in one transaction, then answers every message.
@@ -358,6 +572,8 @@ impl Writer {
                 }
                 let lost = std::mem::take(&mut self.lost);
                 let mut seq = first;
+                let mut checkpoint_acks = Vec::new();
+                let mut shutdown_acks = Vec::new();
                 for msg in group.drain(..) {
                     match msg {
                         Msg::One { ack, .. } => {
@@ -374,9 +590,41 @@ impl Writer {
                         Msg::Flush(ack) => {
                             let _ = ack.send(lost_result(lost));
                         }
-                        Msg::Shutdown(ack) => {
-                            let _ = ack.send(lost_result(lost));
+                        Msg::Checkpoint(ack) => checkpoint_acks.push(ack),
+                        Msg::PolicyHash(h) => self.policy_hash = h,
+                        Msg::Shutdown(ack) => shutdown_acks.push(ack),
+                    }
+                }
+                if !checkpoint_acks.is_empty() {
+                    let mut result = Some(self.checkpoint(CheckpointKind::Demand));
+                    for ack in checkpoint_acks {
+                        let r = match result.take() {
+                            Some(r) => r,
+                            None => self.checkpoint(CheckpointKind::Demand),
+                        };
+                        let _ = ack.send(r);
+                    }
+                }
+                if !shutdown_acks.is_empty() {
+                    let mut result = lost_result(lost);
+                    if self.keys.is_some() && self.merkle.size() > self.covered {
+                        if let Err(e) = self.checkpoint(CheckpointKind::Shutdown) {
+                            tracing::error!(error = %e, "audit shutdown checkpoint failed");
+                            if result.is_ok() {
+                                result = Err(e);
+                            }
                         }
+                    }
+                    if let Err(e) = self.sync_wal() {
+                        tracing::error!(error = %e, "audit WAL fsync at shutdown failed");
+                    }
+                    let mut result = Some(result);
+                    for ack in shutdown_acks {
+                        let r = match result.take() {
+                            Some(r) => r,
+                            None => lost_result(0),
+                        };
+                        let _ = ack.send(r);
                     }
                 }
             }
@@ -396,6 +644,10 @@ impl Writer {
                         Msg::Flush(ack) => {
                             let _ = ack.send(group_failed(&e));
                         }
+                        Msg::Checkpoint(ack) => {
+                            let _ = ack.send(group_failed(&e));
+                        }
+                        Msg::PolicyHash(h) => self.policy_hash = h,
                         Msg::Shutdown(ack) => {
                             let _ = ack.send(group_failed(&e));
                         }
@@ -405,8 +657,9 @@ impl Writer {
         }
     }
 
-    /// One transaction: read the chain tail, insert, commit. Returns the first seq. On error
-    /// the transaction is rolled back (dropping an uncommitted `Transaction` rolls back).
+    /// One transaction: read the chain tail, insert the records and the Merkle chunks they
+    /// complete, commit. Returns the first seq. On error the transaction is rolled back
+    /// (dropping an uncommitted `Transaction` rolls back) and the in-memory tree is unchanged.
     fn write(&mut self, group: &[Msg]) -> Result<Seq, AuditError> {
         let tx = self
             .conn
@@ -414,16 +667,90 @@ impl Writer {
         let records = group.iter().flat_map(|msg| match msg {
             Msg::One { record, .. } => std::slice::from_ref(record),
             Msg::Many { records, .. } => records.as_slice(),
-            Msg::Flush(_) | Msg::Shutdown(_) => &[],
+            _ => &[],
         });
-        let first = schema::insert_group(&tx, records, &mut self.buf)?;
+        let mut merkle = self.merkle.clone();
+        let mut last_hash = self.last_hash;
+        let mut config_hash = None;
+        let mut chunks = Vec::new();
+        let first = schema::insert_group(
+            &tx,
+            records,
+            &mut self.buf,
+            self.sealer.as_ref(),
+            |_, r, hash| {
+                let leaf = crate::merkle::leaf_hash(&hash);
+                if let Some(h) = merkle.push_capture(leaf, CHUNK.trailing_zeros()) {
+                    chunks.push((merkle.size() / CHUNK - 1, h));
+                }
+                if r.config_hash.is_some() {
+                    config_hash = r.config_hash.clone();
+                }
+                last_hash = hash;
+            },
+        )?;
+        if u64::try_from(first - 1).ok() != Some(self.merkle.size()) {
+            // The table's tail is not where the tree ends: another writer appended. Refuse
+            // rather than sign a tree that does not match the rows.
+            return Err(AuditError::Corrupt {
+                seq: first,
+                reason: "records were appended outside this writer".into(),
+            });
+        }
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO merkle_chunks (chunk, hash) VALUES (?1, ?2)")?;
+            for (k, h) in &chunks {
+                stmt.execute(params![i64::try_from(*k).unwrap_or(i64::MAX), &h[..]])?;
+            }
+        }
         tx.commit()?;
         // SQLite keeps writing to a file that was unlinked or replaced under it (the open
         // descriptor stays valid), and such records would vanish at the next open. Checked
         // after the commit so a removal before this point fails the group it hit.
         self.file.check()?;
+        self.merkle = merkle;
+        self.last_hash = last_hash;
+        if config_hash.is_some() {
+            self.config_hash = config_hash;
+        }
+        if self.opts.synchronous == Synchronous::Normal && self.unsynced_since.is_none() {
+            self.unsynced_since = Some(Instant::now());
+        }
         Ok(first)
     }
+}
+
+/// Refuses to open a database that is older than its high-water mark.
+fn check_high_water_mark(
+    conn: &Connection,
+    path: &Path,
+    last: Option<&Checkpoint>,
+) -> Result<(), AuditError> {
+    let hwm = match checkpoint::read_hwm(path)? {
+        None => return Ok(()),
+        Some(Err(())) => return Err(AuditError::BadHighWaterMark),
+        Some(Ok(h)) => h,
+    };
+    let db_size = last.map_or(0, |c| c.size);
+    let present = schema::checkpoints(conn)?
+        .iter()
+        .any(|c| c.size == hwm.size && c.root == hwm.root && c.signature == hwm.signature);
+    if !present || hwm.size > db_size {
+        return Err(AuditError::RolledBack {
+            hwm_size: hwm.size,
+            db_size,
+        });
+    }
+    Ok(())
+}
+
+/// UTC microseconds now.
+pub(crate) fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn group_failed<T>(e: &Arc<AuditError>) -> Result<T, AuditError> {

@@ -277,7 +277,7 @@ async fn tampering_is_located() {
         "INSERT INTO records SELECT 0, time_us, event, gateway, listener, session_id, source,
              subject, username, email, \"groups\", token_id, issuer, connection, protocol,
              statement, statement_name, param_count, decision, reason, sqlstate, \"rows\",
-             bytes_in, bytes_out, duration_us, ref_seq, config_hash, prev_hash, hash
+             bytes_in, bytes_out, duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed
          FROM records WHERE seq = 1",
     )
     .unwrap();

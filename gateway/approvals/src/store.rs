@@ -1,0 +1,272 @@
+//! Opening the SQLite file, the schema, and the transaction helpers.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::ApprovalError;
+
+/// How long a writer waits for another process's transaction before failing.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an approval stays usable when the approver gives no window.
+pub const DEFAULT_APPROVAL_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS requests (
+    id               TEXT PRIMARY KEY,
+    requester        TEXT NOT NULL,
+    requester_groups TEXT NOT NULL,            -- JSON array
+    connection       TEXT NOT NULL,
+    statement        TEXT NOT NULL,
+    statement_sha256 TEXT NOT NULL,
+    rule             TEXT NOT NULL,
+    reason           TEXT NOT NULL,
+    approvers        TEXT NOT NULL,            -- JSON array of groups
+    min_approvals    INTEGER NOT NULL CHECK (min_approvals >= 1),
+    mode             TEXT NOT NULL CHECK (mode IN ('hold', 'ticket')),
+    status           TEXT NOT NULL
+        CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'executed')),
+    created_at       INTEGER NOT NULL,         -- Unix milliseconds
+    expires_at       INTEGER NOT NULL,
+    decided_at       INTEGER,
+    approved_until   INTEGER,
+    executed_at      INTEGER,
+    expired_at       INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status, expires_at);
+CREATE INDEX IF NOT EXISTS requests_ticket
+    ON requests (requester, connection, statement_sha256, status);
+CREATE INDEX IF NOT EXISTS requests_created ON requests (created_at);
+
+CREATE TABLE IF NOT EXISTS votes (
+    request_id      TEXT NOT NULL REFERENCES requests (id),
+    seq             INTEGER NOT NULL,
+    approver        TEXT NOT NULL COLLATE NOCASE,
+    approver_groups TEXT NOT NULL,             -- JSON array
+    verdict         TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')),
+    comment         TEXT,
+    at              INTEGER NOT NULL,
+    PRIMARY KEY (request_id, approver),
+    UNIQUE (request_id, seq)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS grants (
+    id               TEXT PRIMARY KEY,
+    grantee          TEXT NOT NULL,
+    connection       TEXT NOT NULL,
+    scope            TEXT NOT NULL,            -- writes | any | rule:<name>
+    issued_by        TEXT NOT NULL,
+    issued_by_groups TEXT NOT NULL,            -- JSON array
+    comment          TEXT,
+    issued_at        INTEGER NOT NULL,
+    expires_at       INTEGER NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('active', 'revoked', 'expired')),
+    revoked_by       TEXT,
+    revoked_at       INTEGER,
+    expired_at       INTEGER,
+    use_count        INTEGER NOT NULL DEFAULT 0,
+    last_used_at     INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS grants_lookup ON grants (grantee, connection, status, expires_at);
+";
+
+/// Settings for [`ApprovalStore::open_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How long a write waits for another process's transaction.
+    pub busy_timeout: Duration,
+    /// Default for `Decide::approved_for`.
+    pub approval_window: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            approval_window: DEFAULT_APPROVAL_WINDOW,
+        }
+    }
+}
+
+/// A handle on `approvals.db`. Cheap to clone (one connection shared behind a mutex); open
+/// another handle — in this or another process — for independent connections. Calls block on
+/// SQLite (milliseconds); async callers should use `spawn_blocking` for writes.
+#[derive(Debug, Clone)]
+pub struct ApprovalStore {
+    pub(crate) conn: Arc<Mutex<Connection>>,
+    pub(crate) opts: StoreOptions,
+    path: PathBuf,
+}
+
+impl ApprovalStore {
+    /// Open (creating if needed) the store at `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<ApprovalStore, ApprovalError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// Open (creating if needed) the store at `path`: parent directory 0700, file 0600,
+    /// WAL journal, schema created or checked.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        opts: StoreOptions,
+    ) -> Result<ApprovalStore, ApprovalError> {
+        let path = path.as_ref();
+        if opts.approval_window.is_zero() || opts.approval_window > crate::MAX_APPROVAL_WINDOW {
+            return Err(ApprovalError::Invalid(
+                "approval window must be between 1 ms and 24 h".to_owned(),
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(opts.busy_timeout)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(ApprovalError::NotWal { mode });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        ensure_schema(&mut conn)?;
+        tracing::debug!(path = %path.display(), "approval store opened");
+        Ok(ApprovalStore {
+            conn: Arc::new(Mutex::new(conn)),
+            opts,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file this store was opened on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options in effect.
+    pub fn options(&self) -> StoreOptions {
+        self.opts
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock drops the open Transaction, which rolls back; the
+        // connection itself stays usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run `f` in a `BEGIN IMMEDIATE` transaction: it holds the write lock from the start, so
+    /// what `f` reads cannot change before it writes. Committed only if `f` returns `Ok`.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, ApprovalError>,
+    ) -> Result<T, ApprovalError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Run `f` in a read transaction (one consistent snapshot across several queries).
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, ApprovalError>,
+    ) -> Result<T, ApprovalError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let out = f(&tx)?;
+        tx.finish()?;
+        Ok(out)
+    }
+}
+
+fn ensure_schema(conn: &mut Connection) -> Result<(), ApprovalError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(ApprovalError::UnsupportedSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < SCHEMA_VERSION {
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// JSON text of a list of names, as stored.
+pub(crate) fn names_to_json(names: &[String]) -> Result<String, ApprovalError> {
+    serde_json::to_string(names).map_err(|e| ApprovalError::Invalid(e.to_string()))
+}
+
+pub(crate) fn names_from_json(s: &str) -> Result<Vec<String>, ApprovalError> {
+    serde_json::from_str(s).map_err(|e| ApprovalError::Corrupt(format!("name list: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn creates_private_wal_file_and_refuses_newer_schema() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("approvals.db");
+        let store = ApprovalStore::open(&path).unwrap();
+        assert_eq!(store.path(), path);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
+        let jm: String = store
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(jm, "wal");
+        drop(store);
+        // Reopening an existing store works; a newer schema is refused.
+        ApprovalStore::open(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            ApprovalStore::open(&path),
+            Err(ApprovalError::UnsupportedSchema { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_unusable_approval_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            approval_window: Duration::ZERO,
+            ..StoreOptions::default()
+        };
+        assert!(matches!(
+            ApprovalStore::open_with(dir.path().join("a.db"), opts),
+            Err(ApprovalError::Invalid(_))
+        ));
+    }
+}
