@@ -125,3 +125,38 @@ def test_another_tpm_is_refused_and_nothing_is_touched(gatehouse, swtpm, tmp_pat
         assert _digest_tree(gw.data_dir) == before
     finally:
         other.stop()
+
+
+def test_audit_checkpoints_signed_by_the_tpm_verify(gatehouse, swtpm):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    gw = gatehouse(extra_toml=_tpm_toml(swtpm), env={"TSS2_LOG": "all+none"})
+    token = gw.token("tpm-auditor")
+    out = gw.psql("tpm-auditor", token, "-At", "-c", "select 'tpm-audit-ok'").stdout
+    assert out.strip() == "tpm-audit-ok"
+    # On demand while serving, then at shutdown.
+    cp_text = gw.cli("audit", "checkpoint", timeout=120).stdout
+    assert gw.stop() == 0
+
+    status = json.loads(gw.cli("board", "status", "--json").stdout)
+    tpm_key = status["signing_key"]["public_key"]
+    p = gw.cli("audit", "verify", "--json", check=False, timeout=120)
+    v = json.loads(p.stdout)
+    assert p.returncode == 0 and v["ok"] and v["content_checked"], v
+    assert v["uncovered"] == 0 and v["checkpoints"] >= 2, v
+    assert v["last_checkpoint"]["signer"] == f"ecdsa-p256-sha256:{tpm_key}", v
+
+    # An independent verifier (Python's cryptography, not Gatehouse's code) accepts the
+    # TPM's signature over the checkpoint message with the exported public key.
+    message, _, rest = cp_text.partition("signer ")
+    sig_line = [l for l in rest.splitlines() if l.startswith("signature ")][0]
+    signature = bytes.fromhex(sig_line.split(" ", 1)[1])
+    pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes.fromhex(tpm_key))
+    pub.verify(signature, message.encode(), ec.ECDSA(hashes.SHA256()))
+    tampered = message.replace("size ", "size 9", 1).encode()
+    try:
+        pub.verify(signature, tampered, ec.ECDSA(hashes.SHA256()))
+        raise AssertionError("a tampered checkpoint message verified")
+    except Exception as e:  # cryptography raises InvalidSignature
+        assert type(e).__name__ == "InvalidSignature", e

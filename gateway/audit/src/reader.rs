@@ -396,3 +396,23 @@ fn sql_limit(limit: Option<usize>) -> i64 {
         Some(n) => i64::try_from(n).unwrap_or(i64::MAX),
     }
 }
+
+impl std::fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChainBreak::Missing => "missing (a record was deleted)",
+            ChainBreak::UnexpectedSeq => "a sequence number the store never assigns",
+            ChainBreak::Undecodable => "its columns cannot be decoded",
+            ChainBreak::PrevHashMismatch => {
+                "its previous hash does not link to the record before it (moved or replaced)"
+            }
+            ChainBreak::HashMismatch => "its hash does not match its content (edited)",
+            ChainBreak::SealBroken => {
+                "its sealed content does not authenticate (edited, moved, or an unknown key)"
+            }
+            ChainBreak::ClearColumnsMismatch => {
+                "its searchable columns disagree with its sealed content (edited)"
+            }
+        })
+    }
+}

@@ -90,7 +90,7 @@ enum Msg {
         ack: Ack<Vec<Seq>>,
     },
     Flush(Ack<()>),
-    Checkpoint(mpsc::Sender<Result<Checkpoint, AuditError>>),
+    Checkpoint(CheckpointKind, mpsc::Sender<Result<Checkpoint, AuditError>>),
     PolicyHash(Option<String>),
     Shutdown(mpsc::Sender<Result<(), AuditError>>),
 }
@@ -100,7 +100,7 @@ impl Msg {
         match self {
             Msg::One { .. } => 1,
             Msg::Many { records, .. } => records.len(),
-            Msg::Flush(_) | Msg::Shutdown(_) | Msg::Checkpoint(_) | Msg::PolicyHash(_) => 0,
+            Msg::Flush(_) | Msg::Shutdown(_) | Msg::Checkpoint(..) | Msg::PolicyHash(_) => 0,
         }
     }
 }
@@ -300,8 +300,18 @@ impl AuditStore {
     /// before this call is committed) and updates the high-water mark. Blocks the calling
     /// thread for the commit and the signature (call from `spawn_blocking` in async code).
     pub fn checkpoint_now(&self) -> Result<Checkpoint, AuditError> {
+        self.checkpoint_of_kind(CheckpointKind::Demand)
+    }
+
+    /// Like [`AuditStore::checkpoint_now`], marked as the shutdown checkpoint (for a store
+    /// shared behind an `Arc`, where [`AuditStore::shutdown`] cannot take it by value).
+    pub fn checkpoint_at_shutdown(&self) -> Result<Checkpoint, AuditError> {
+        self.checkpoint_of_kind(CheckpointKind::Shutdown)
+    }
+
+    fn checkpoint_of_kind(&self, kind: CheckpointKind) -> Result<Checkpoint, AuditError> {
         let (ack, answer) = mpsc::channel();
-        self.send(Msg::Checkpoint(ack))?;
+        self.send(Msg::Checkpoint(kind, ack))?;
         answer.recv().unwrap_or(Err(AuditError::WriterGone))
     }
 
@@ -590,20 +600,22 @@ impl Writer {
                         Msg::Flush(ack) => {
                             let _ = ack.send(lost_result(lost));
                         }
-                        Msg::Checkpoint(ack) => checkpoint_acks.push(ack),
+                        Msg::Checkpoint(kind, ack) => checkpoint_acks.push((kind, ack)),
                         Msg::PolicyHash(h) => self.policy_hash = h,
                         Msg::Shutdown(ack) => shutdown_acks.push(ack),
                     }
                 }
-                if !checkpoint_acks.is_empty() {
-                    let mut result = Some(self.checkpoint(CheckpointKind::Demand));
-                    for ack in checkpoint_acks {
-                        let r = match result.take() {
-                            Some(r) => r,
-                            None => self.checkpoint(CheckpointKind::Demand),
-                        };
-                        let _ = ack.send(r);
+                // Several requests in one group share one checkpoint unless their kinds differ.
+                let mut last: Option<(CheckpointKind, Checkpoint)> = None;
+                for (kind, ack) in checkpoint_acks {
+                    let r = match &last {
+                        Some((k, cp)) if *k == kind => Ok(cp.clone()),
+                        _ => self.checkpoint(kind),
+                    };
+                    if let Ok(cp) = &r {
+                        last = Some((kind, cp.clone()));
                     }
+                    let _ = ack.send(r);
                 }
                 if !shutdown_acks.is_empty() {
                     let mut result = lost_result(lost);
@@ -644,7 +656,7 @@ impl Writer {
                         Msg::Flush(ack) => {
                             let _ = ack.send(group_failed(&e));
                         }
-                        Msg::Checkpoint(ack) => {
+                        Msg::Checkpoint(_, ack) => {
                             let _ = ack.send(group_failed(&e));
                         }
                         Msg::PolicyHash(h) => self.policy_hash = h,

@@ -434,3 +434,56 @@ fn stored_chunks(conn: &Connection) -> Result<Vec<Hash>, AuditError> {
     }
     Ok(out)
 }
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Record(b) => write!(f, "record {}: {}", b.seq, b.reason),
+            Problem::Chunk { chunk } => write!(
+                f,
+                "Merkle chunk {chunk} (records {}..{}) does not match its records",
+                chunk * 256 + 1,
+                chunk * 256 + 256
+            ),
+            Problem::CheckpointRoot { id, size } => write!(
+                f,
+                "checkpoint {id}: its root over {size} records does not match the records"
+            ),
+            Problem::CheckpointLastHash { id } => write!(
+                f,
+                "checkpoint {id}: its last hash is not the chain hash of its last record"
+            ),
+            Problem::Signature { id } => write!(f, "checkpoint {id}: signature does not verify"),
+            Problem::UntrustedKey { id, key_id } => write!(
+                f,
+                "checkpoint {id}: signed by key {key_id}, not by the trusted key"
+            ),
+            Problem::KeyChanged { id, key_id } => write!(
+                f,
+                "checkpoint {id}: signing key changed to {key_id} without a rotation signed by the previous key"
+            ),
+            Problem::NotMonotonic { id } => write!(
+                f,
+                "checkpoint {id}: covers fewer records, goes back in time, or forks an earlier checkpoint"
+            ),
+            Problem::Truncated {
+                checkpoint_size,
+                last_seq,
+            } => write!(
+                f,
+                "truncated: a checkpoint covers {checkpoint_size} records but the store ends at record {last_seq}"
+            ),
+            Problem::RolledBack { hwm_size, db_size } => write!(
+                f,
+                "rolled back: the high-water mark covers {hwm_size} records, the database's newest checkpoint {db_size}"
+            ),
+            Problem::HwmMissing => {
+                f.write_str("the high-water-mark file is missing although checkpoints exist")
+            }
+            Problem::HwmInvalid => {
+                f.write_str("the high-water-mark file does not parse or its signature does not verify")
+            }
+            Problem::CorruptCheckpoints => f.write_str("a checkpoint row cannot be decoded"),
+        }
+    }
+}

@@ -258,17 +258,48 @@ pub enum AuditCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Verify the whole store offline: every record's hash chain and seal, the Merkle tree,
+    /// every checkpoint's signature, truncation and rollback. Exits 1 naming the first bad
+    /// record or checkpoint.
+    Verify {
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// The signing key the first checkpoint must carry (`scheme:hex`, as `gatehouse board
+        /// status` prints it). Default: the key store's current key.
+        #[arg(long)]
+        trusted_key: Option<String>,
+        /// Do not open the key store: check links, tree and signatures, not sealed contents
+        /// (what an auditor without the appliance's keys can check).
+        #[arg(long)]
+        no_keys: bool,
+    },
+    /// Ask the running gateway (SIGUSR1) for a signed checkpoint now, or write one directly
+    /// when no gateway runs on this data dir. Prints the checkpoint.
+    Checkpoint,
+    /// Print an inclusion proof of record SEQ in the newest checkpoint's tree, and a
+    /// consistency proof between the first and the newest checkpoint (RFC 9162), as JSON.
+    Prove {
+        #[arg(long)]
+        seq: i64,
+    },
+}
+
+fn audit_reader(cfg: &crate::config::Config) -> anyhow::Result<AuditReader> {
+    let path = cfg.audit_path();
+    if !path.exists() {
+        bail!("no audit store at {}", path.display());
+    }
+    let keys = state::open_keys(cfg)?;
+    Ok(AuditReader::open_with(&path, keys)?)
 }
 
 pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
     let loaded = LoadedConfig::load(config)?;
-    let path = loaded.config.audit_path();
-    if !path.exists() {
-        bail!("no audit store at {}", path.display());
-    }
-    let reader = AuditReader::open(&path)?;
+    let cfg = &loaded.config;
     match cmd {
         AuditCommand::Tail { n, json, follow } => {
+            let reader = audit_reader(cfg)?;
             let mut last = 0;
             for r in reader.tail(n)? {
                 last = r.seq;
@@ -285,7 +316,213 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        AuditCommand::Verify {
+            json,
+            trusted_key,
+            no_keys,
+        } => audit_verify(cfg, json, trusted_key.as_deref(), no_keys),
+        AuditCommand::Checkpoint => audit_checkpoint(cfg),
+        AuditCommand::Prove { seq } => audit_prove(cfg, seq),
     }
+}
+
+fn audit_verify(
+    cfg: &crate::config::Config,
+    json: bool,
+    trusted_key: Option<&str>,
+    no_keys: bool,
+) -> anyhow::Result<()> {
+    let path = cfg.audit_path();
+    if !path.exists() {
+        bail!("no audit store at {}", path.display());
+    }
+    let keys = if no_keys {
+        None
+    } else {
+        Some(state::open_keys(cfg)?)
+    };
+    let trusted = match (trusted_key, &keys) {
+        (Some(t), _) => Some(
+            gatehouse_audit::PublicKey::from_text(t.trim())
+                .ok_or_else(|| anyhow::anyhow!("--trusted-key must be scheme:hex"))?,
+        ),
+        (None, Some(k)) => Some(gatehouse_audit::PublicKey::of(k.as_ref())?),
+        (None, None) => None,
+    };
+    let opts = gatehouse_audit::VerifyOptions {
+        keys,
+        trusted_key: trusted,
+        hwm_path: None,
+        known_checkpoint: None,
+    };
+    let started = std::time::Instant::now();
+    let v = gatehouse_audit::verify(&path, &opts, |p| {
+        eprintln!("verify: {}/{} records", p.done, p.total);
+    })?;
+    let problems: Vec<String> = v.problems.iter().map(|p| p.to_string()).collect();
+    let first_bad = v.first_bad_record().map(|b| b.seq);
+    if json {
+        let cp = v.last_checkpoint.as_ref().map(|c| {
+            serde_json::json!({
+                "id": c.id,
+                "size": c.size,
+                "root": hex::encode(c.root),
+                "time": gatehouse_audit::format_rfc3339_us(c.time_us),
+                "kind": c.kind.as_str(),
+                "signer": c.signer.to_text(),
+                "key_id": c.signer.key_id().as_str(),
+                "config_hash": c.config_hash,
+                "policy_hash": c.policy_hash,
+            })
+        });
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": v.is_ok(),
+                "records": v.records,
+                "first_seq": v.first_seq,
+                "last_seq": v.last_seq,
+                "checkpoints": v.checkpoints,
+                "last_checkpoint": cp,
+                "uncovered": v.uncovered,
+                "content_checked": v.content_checked,
+                "signing_keys": v.signing_keys,
+                "first_bad_record": first_bad,
+                "problems": problems,
+                "seconds": started.elapsed().as_secs_f64(),
+            })
+        );
+    } else {
+        println!(
+            "records {}..{} ({} checked{}), {} checkpoints, {} after the newest checkpoint",
+            v.first_seq,
+            v.last_seq,
+            v.records,
+            if v.content_checked {
+                ", sealed contents opened"
+            } else {
+                ", sealed contents not opened"
+            },
+            v.checkpoints,
+            v.uncovered
+        );
+        if let Some(c) = &v.last_checkpoint {
+            println!(
+                "newest checkpoint: {} records, root {}, {} by {} ({})",
+                c.size,
+                hex::encode(c.root),
+                gatehouse_audit::format_rfc3339_us(c.time_us),
+                c.signer.key_id().as_str(),
+                c.signer.scheme.as_str()
+            );
+        }
+        for p in &problems {
+            println!("PROBLEM: {p}");
+        }
+        println!("{}", if v.is_ok() { "OK" } else { "FAILED" });
+    }
+    if !v.is_ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn audit_checkpoint(cfg: &crate::config::Config) -> anyhow::Result<()> {
+    let path = cfg.audit_path();
+    if let Some(pid) = crate::serve::running_pid(cfg) {
+        let reader = audit_reader(cfg)?;
+        let before = reader.checkpoints()?.last().map(|c| c.id).unwrap_or(0);
+        crate::serve::signal_checkpoint(pid)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = reader
+                .checkpoints()?
+                .into_iter()
+                .rev()
+                .find(|c| c.id > before)
+            {
+                print!("{}", c.to_text());
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the running gateway (pid {pid}) wrote no checkpoint within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let keys = state::open_keys(cfg)?;
+    let store = gatehouse_audit::AuditStore::open_with(
+        &path,
+        gatehouse_audit::StoreOptions::default(),
+        keys,
+    )?;
+    let cp = store.checkpoint_now();
+    store.shutdown()?;
+    print!("{}", cp?.to_text());
+    Ok(())
+}
+
+fn audit_prove(cfg: &crate::config::Config, seq: i64) -> anyhow::Result<()> {
+    let reader = audit_reader(cfg)?;
+    let cps = reader.checkpoints()?;
+    let Some(newest) = cps.last() else {
+        bail!("the store has no checkpoint yet (gatehouse audit checkpoint makes one)");
+    };
+    let Some(record) = reader.after(seq - 1, 1)?.into_iter().find(|r| r.seq == seq) else {
+        bail!("record {seq} is not in the store (pruned or not written)");
+    };
+    let Some(inclusion) = reader.inclusion_proof(seq, newest.size)? else {
+        bail!(
+            "record {seq} is not covered by the newest checkpoint ({} records); make a checkpoint first",
+            newest.size
+        );
+    };
+    let leaf = record.leaf_hash();
+    let ok = gatehouse_audit::merkle::verify_inclusion(
+        u64::try_from(seq - 1).unwrap_or(0),
+        newest.size,
+        &leaf,
+        &inclusion,
+        &newest.root,
+    );
+    let first = &cps[0];
+    let consistency = reader.consistency_proof(first.size, newest.size)?;
+    let consistency_ok = consistency.as_ref().is_some_and(|p| {
+        gatehouse_audit::merkle::verify_consistency(
+            first.size,
+            newest.size,
+            &first.root,
+            &newest.root,
+            p,
+        )
+    });
+    let hexes = |v: &[[u8; 32]]| v.iter().map(hex::encode).collect::<Vec<_>>();
+    println!(
+        "{}",
+        serde_json::json!({
+            "seq": seq,
+            "leaf_index": seq - 1,
+            "record_hash": hex::encode(record.hash),
+            "leaf_hash": hex::encode(leaf),
+            "checkpoint": newest.to_text(),
+            "tree_size": newest.size,
+            "root": hex::encode(newest.root),
+            "inclusion_proof": hexes(&inclusion),
+            "inclusion_verified": ok,
+            "consistency": {
+                "from_size": first.size,
+                "from_root": hex::encode(first.root),
+                "to_size": newest.size,
+                "to_root": hex::encode(newest.root),
+                "proof": consistency.as_deref().map(hexes),
+                "verified": consistency_ok,
+            },
+        })
+    );
+    if !ok || !consistency_ok {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn print_record(r: &gatehouse_audit::StoredRecord, json: bool) {

@@ -196,12 +196,46 @@ fn default_dev_audience() -> String {
     "gatehouse".into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     pub path: Option<PathBuf>,
     #[serde(default)]
     pub synchronous: AuditSynchronous,
+    /// Bounded mode: the most milliseconds between a commit and the WAL fsync.
+    #[serde(default = "default_sync_window_ms")]
+    pub sync_window_ms: u64,
+    /// A signed checkpoint after this many records.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// A signed checkpoint when this many seconds passed since the last one (and records
+    /// were added).
+    #[serde(default = "default_checkpoint_interval_seconds")]
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: None,
+            synchronous: AuditSynchronous::default(),
+            sync_window_ms: default_sync_window_ms(),
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval_seconds: default_checkpoint_interval_seconds(),
+        }
+    }
+}
+
+fn default_sync_window_ms() -> u64 {
+    10
+}
+
+fn default_checkpoint_every() -> u64 {
+    10_000
+}
+
+fn default_checkpoint_interval_seconds() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -365,6 +399,15 @@ impl Config {
         if self.key_store.pcrs.iter().any(|p| *p > 23) {
             return Err("key_store.pcrs: PCR indexes are 0-23".into());
         }
+        if !(1..=1000).contains(&self.audit.sync_window_ms) {
+            return Err("audit.sync_window_ms must be 1-1000".into());
+        }
+        if self.audit.checkpoint_every == 0 {
+            return Err("audit.checkpoint_every must be at least 1".into());
+        }
+        if !(1..=86_400).contains(&self.audit.checkpoint_interval_seconds) {
+            return Err("audit.checkpoint_interval_seconds must be 1-86400".into());
+        }
         if self.key_store.tcti.is_empty() {
             return Err("key_store.tcti is empty".into());
         }
@@ -394,6 +437,11 @@ impl Config {
 
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
         self.connections.iter().find(|c| c.name == name)
+    }
+
+    /// Where `gatehouse serve` writes its pid.
+    pub fn pid_path(&self) -> PathBuf {
+        self.gateway.data_dir.join("gatehouse.pid")
     }
 
     pub fn audit_path(&self) -> PathBuf {

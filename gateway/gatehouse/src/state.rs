@@ -42,10 +42,16 @@ impl Gateway {
                 AuditSynchronous::Normal => Synchronous::Normal,
                 AuditSynchronous::Full => Synchronous::Full,
             },
-            ..StoreOptions::default()
+            max_batch: StoreOptions::default().max_batch,
+            busy_timeout: StoreOptions::default().busy_timeout,
+            sync_window: Duration::from_millis(config.audit.sync_window_ms),
+            checkpoint_every: config.audit.checkpoint_every,
+            checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_seconds),
         };
-        let audit =
-            AuditStore::open(&config.audit_path(), opts).context("opening the audit store")?;
+        // Records are sealed with the key store's audit key; checkpoints are signed with its
+        // signing key (the TPM's, with the TPM backend).
+        let audit = AuditStore::open_with(&config.audit_path(), opts, keys.clone())
+            .context("opening the audit store")?;
         Ok(Gateway {
             config: ArcSwap::from_pointee(loaded),
             verifier: ArcSwap::from_pointee(verifier),
