@@ -3,7 +3,7 @@
 //! run with or without a gateway serving.
 
 use std::io::BufRead as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
@@ -587,11 +587,56 @@ pub enum BoardCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate a data key: new data is sealed under a new key, older data stays readable
+    /// (the old key is kept). `vault` also re-seals every vaulted credential at once;
+    /// `audit` takes effect for new records when the gateway (re)starts.
+    Rotate {
+        #[arg(long, value_parser = ["vault", "audit"])]
+        purpose: String,
+    },
+    /// Seal a PEM private key (stdin) with the key store, for `listeners[].tls_key`: the
+    /// listener's key then never rests in the clear.
+    SealTlsKey {
+        /// Where to write the sealed key (0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn board(config: &Path, cmd: BoardCommand) -> anyhow::Result<()> {
     let loaded = LoadedConfig::load(config)?;
     let cfg = &loaded.config;
+    match &cmd {
+        BoardCommand::Rotate { purpose } => {
+            let keys = state::open_keys(cfg)?;
+            let purpose: gatehouse_board::KeyPurpose = purpose.parse()?;
+            let old = keys.data_key(purpose)?.id();
+            let new = keys.rotate_data_key(purpose)?;
+            println!(
+                "{purpose} data key rotated: {} -> {}",
+                old.as_str(),
+                new.as_str()
+            );
+            if purpose == gatehouse_board::KeyPurpose::Vault {
+                let vault = gatehouse_vault::Vault::open(&cfg.vault_path(), keys)?;
+                println!("vault: {} credentials re-sealed", vault.rekey()?);
+            }
+            return Ok(());
+        }
+        BoardCommand::SealTlsKey { out } => {
+            let keys = state::open_keys(cfg)?;
+            let mut pem = zeroize::Zeroizing::new(Vec::new());
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut pem)?;
+            if rustls_pemfile::private_key(&mut &pem[..])?.is_none() {
+                bail!("stdin holds no PEM private key");
+            }
+            let sealed = crate::tls::seal_private_key(keys.as_ref(), &pem)?;
+            crate::tls::write_private(out, sealed.as_bytes())?;
+            eprintln!("sealed private key written to {}", out.display());
+            return Ok(());
+        }
+        BoardCommand::Init | BoardCommand::Status { .. } => {}
+    }
     let json = matches!(cmd, BoardCommand::Status { json: true });
     let tpm_info = match cfg.key_store.backend {
         crate::config::KeyStoreBackend::Tpm => Some(state::open_tpm(cfg)?.info()),

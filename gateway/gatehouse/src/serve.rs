@@ -78,7 +78,7 @@ pub async fn prepare(
         match l.protocol {
             crate::config::ListenerProtocol::Postgres => {}
         }
-        let tls = crate::tls::server_config(l, &config.gateway.data_dir)
+        let tls = crate::tls::server_config(l, &config.gateway.data_dir, gw.keys.as_ref())
             .with_context(|| format!("listener {:?}: TLS", l.name))?;
         if l.dangerous_allow_plaintext_on_loopback {
             tracing::warn!(listener = %l.name, "DANGEROUS: tokens accepted without TLS on this loopback listener (development only)");

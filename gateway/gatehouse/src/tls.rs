@@ -1,6 +1,18 @@
 //! TLS for both sides, with rustls on the ring provider: the listener's server config (a
 //! configured certificate, or a self-signed one made on first start) and per-connection client
 //! configs toward upstreams.
+//!
+//! Listener private keys can be kept sealed by the key store (the TPM on an appliance): the
+//! self-signed key Gatehouse makes is always written sealed (`data_dir/tls/key.sealed`), and a
+//! configured `tls_key` may be a file made by `gatehouse board seal-tls-key`. A sealed file is
+//!
+//! ```text
+//! gatehouse-sealed-tls-key/v1 <data key id>
+//! <base64: 12-byte nonce || AES-256-GCM(vault data key, nonce, aad, PEM private key)>
+//! ```
+//!
+//! with `aad = "gatehouse-sealed-tls-key/v1" || key id`; the key id names the key store's
+//! vault data key used (older keys stay readable after rotation).
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -11,7 +23,16 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
+use base64::Engine as _;
+use gatehouse_board::{KeyId, KeyPurpose, KeyStore};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom as _, SystemRandom};
+use zeroize::Zeroizing;
+
 use crate::config::{ConnectionConfig, ListenerConfig, UpstreamTls};
+
+/// First line of a sealed private-key file.
+const SEALED_MAGIC: &str = "gatehouse-sealed-tls-key/v1";
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -21,13 +42,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn server_config(
     listener: &ListenerConfig,
     data_dir: &Path,
+    keys: &dyn KeyStore,
 ) -> anyhow::Result<Arc<ServerConfig>> {
     let (cert_path, key_path) = match (&listener.tls_cert, &listener.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => ensure_self_signed(&data_dir.join("tls"))?,
+        _ => ensure_self_signed(&data_dir.join("tls"), keys)?,
     };
     let certs = read_certs(&cert_path)?;
-    let key = read_key(&key_path)?;
+    let key = read_key(&key_path, keys)?;
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
@@ -37,11 +59,21 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// Makes (once) a self-signed certificate for development and first boot.
-fn ensure_self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Makes (once) a self-signed certificate for development and first boot; its private key is
+/// stored sealed by the key store, never in the clear.
+fn ensure_self_signed(dir: &Path, keys: &dyn KeyStore) -> anyhow::Result<(PathBuf, PathBuf)> {
     let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
+    let key = dir.join("key.sealed");
     if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    // A clear key left by an older version: seal it and remove the clear copy.
+    let legacy = dir.join("key.pem");
+    if cert.exists() && legacy.exists() {
+        let pem = Zeroizing::new(std::fs::read(&legacy)?);
+        write_private(&key, seal_private_key(keys, &pem)?.as_bytes())?;
+        std::fs::remove_file(&legacy)?;
+        tracing::info!(key = %key.display(), "sealed the self-signed TLS key with the key store");
         return Ok((cert, key));
     }
     std::fs::create_dir_all(dir)?;
@@ -49,7 +81,8 @@ fn ensure_self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), host];
     let signed = rcgen::generate_simple_self_signed(names)
         .context("generating a self-signed certificate")?;
-    write_private(&key, signed.signing_key.serialize_pem().as_bytes())?;
+    let pem = Zeroizing::new(signed.signing_key.serialize_pem());
+    write_private(&key, seal_private_key(keys, pem.as_bytes())?.as_bytes())?;
     std::fs::write(&cert, signed.cert.pem())?;
     tracing::warn!(cert = %cert.display(), "generated a self-signed TLS certificate; configure tls_cert/tls_key for production");
     Ok((cert, key))
@@ -90,11 +123,86 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    rustls_pemfile::private_key(&mut BufReader::new(f))
+/// Reads a PEM private key, or a sealed one (opened with the key store).
+fn read_key(path: &Path, keys: &dyn KeyStore) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let bytes =
+        Zeroizing::new(std::fs::read(path).with_context(|| format!("opening {}", path.display()))?);
+    let pem = if bytes.starts_with(SEALED_MAGIC.as_bytes()) {
+        unseal_private_key(keys, &bytes)
+            .with_context(|| format!("opening the sealed private key {}", path.display()))?
+    } else {
+        bytes
+    };
+    rustls_pemfile::private_key(&mut BufReader::new(&pem[..]))
         .with_context(|| format!("reading the private key from {}", path.display()))?
         .with_context(|| format!("no private key in {}", path.display()))
+}
+
+fn aead_key(bytes: &[u8; 32]) -> anyhow::Result<LessSafeKey> {
+    let k = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| anyhow::anyhow!("AES key"))?;
+    Ok(LessSafeKey::new(k))
+}
+
+fn sealed_aad(key_id: &KeyId) -> Vec<u8> {
+    let mut a = SEALED_MAGIC.as_bytes().to_vec();
+    a.extend_from_slice(key_id.as_str().as_bytes());
+    a
+}
+
+/// Seals a PEM private key under the key store's current vault data key.
+pub fn seal_private_key(keys: &dyn KeyStore, pem: &[u8]) -> anyhow::Result<String> {
+    let dk = keys.data_key(KeyPurpose::Vault)?;
+    let key = aead_key(dk.bytes())?;
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let mut buf = pem.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(sealed_aad(&dk.id())),
+        &mut buf,
+    )
+    .map_err(|_| anyhow::anyhow!("sealing the private key failed"))?;
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&buf);
+    Ok(format!(
+        "{SEALED_MAGIC} {}\n{}\n",
+        dk.id().as_str(),
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    ))
+}
+
+fn unseal_private_key(keys: &dyn KeyStore, file: &[u8]) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let text = std::str::from_utf8(file).context("not a sealed key file")?;
+    let mut lines = text.lines();
+    let head = lines.next().unwrap_or_default();
+    let id = head
+        .strip_prefix(SEALED_MAGIC)
+        .map(str::trim)
+        .context("not a sealed key file")?;
+    let id = KeyId::parse(id).context("bad key id in the sealed key file")?;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(lines.next().unwrap_or_default().trim())
+        .context("bad base64 in the sealed key file")?;
+    if blob.len() < NONCE_LEN + 16 {
+        bail!("the sealed key file is truncated");
+    }
+    let dk = keys.data_key_by_id(KeyPurpose::Vault, &id)?;
+    let key = aead_key(dk.bytes())?;
+    let (nonce, ct) = blob.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| anyhow::anyhow!("nonce"))?;
+    let mut buf = Zeroizing::new(ct.to_vec());
+    let n = key
+        .open_in_place(nonce, Aad::from(sealed_aad(&id)), &mut buf)
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the sealed key does not open with this key store (another TPM, or edited)"
+            )
+        })?
+        .len();
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// The TLS client config toward one upstream, or `None` for `tls = "disable"`.
