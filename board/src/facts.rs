@@ -12,6 +12,31 @@ pub const TPM_DEVICE: &str = "/dev/tpmrm0";
 /// The kernel watchdog device.
 pub const WATCHDOG_DEVICE: &str = "/dev/watchdog";
 
+/// What a network interface of the appliance is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicRole {
+    /// Faces the agents and the targets: the data-path listeners (PostgreSQL, HTTP).
+    Service,
+    /// Faces operators and auditors: the web console and the SFTP export server.
+    Management,
+}
+
+impl NicRole {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NicRole::Service => "service",
+            NicRole::Management => "management",
+        }
+    }
+}
+
+/// The appliance's NICs in the order the kernel names them on the reference boards (QEMU's
+/// virtio-net and the generic x86-64 board with predictable names turned off): the first is
+/// the service NIC, the second the management NIC. A one-NIC board serves both roles on it.
+pub const NIC_ROLES: [(&str, NicRole); 2] =
+    [("eth0", NicRole::Service), ("eth1", NicRole::Management)];
+
 /// What the running system offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoardFacts {
@@ -19,6 +44,8 @@ pub struct BoardFacts {
     pub tpm_device: Option<PathBuf>,
     /// Path of the watchdog device if it exists.
     pub watchdog_device: Option<PathBuf>,
+    /// The role NICs present on this system (`/sys/class/net/<name>`), with their roles.
+    pub nics: Vec<(String, NicRole)>,
 }
 
 impl BoardFacts {
@@ -29,9 +56,15 @@ impl BoardFacts {
 
     /// Reads the facts with `root` in place of `/` (tests, or inspecting a mounted image).
     pub fn detect_under(root: &Path) -> BoardFacts {
+        let nics = NIC_ROLES
+            .iter()
+            .filter(|(name, _)| present(root, &format!("/sys/class/net/{name}")).is_some())
+            .map(|(name, role)| ((*name).to_owned(), *role))
+            .collect();
         BoardFacts {
             tpm_device: present(root, TPM_DEVICE),
             watchdog_device: present(root, WATCHDOG_DEVICE),
+            nics,
         }
     }
 }
@@ -59,8 +92,27 @@ mod tests {
             facts,
             BoardFacts {
                 tpm_device: None,
-                watchdog_device: None
+                watchdog_device: None,
+                nics: Vec::new(),
             }
+        );
+    }
+
+    #[test]
+    fn role_nics_are_reported_when_present() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("sys/class/net/eth1")).unwrap();
+        std::fs::create_dir_all(root.path().join("sys/class/net/lo")).unwrap();
+        let facts = BoardFacts::detect_under(root.path());
+        assert_eq!(facts.nics, vec![("eth1".to_owned(), NicRole::Management)]);
+        std::fs::create_dir_all(root.path().join("sys/class/net/eth0")).unwrap();
+        let facts = BoardFacts::detect_under(root.path());
+        assert_eq!(
+            facts.nics,
+            vec![
+                ("eth0".to_owned(), NicRole::Service),
+                ("eth1".to_owned(), NicRole::Management)
+            ]
         );
     }
 

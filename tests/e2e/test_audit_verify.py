@@ -48,6 +48,14 @@ def test_checkpoints_verify_and_records_are_sealed(gatehouse):
     assert rc == 0 and v["ok"], v
     assert v["checkpoints"] >= 1 and v["content_checked"] is True
 
+    # `gatehouse status` while serving: running, the software store flagged, durability shown.
+    st = json.loads(gw.cli("status", "--json").stdout)
+    assert st["running"] is True and st["key_store"]["development_only"] is True, st
+    assert st["audit"]["durability"] == "bounded" and st["audit"]["power_loss_window_ms"] == 10, st
+    assert st["audit"]["last_checkpoint"]["kind"] == "demand", st
+    human = gw.cli("status").stdout
+    assert "SOFTWARE KEY STORE: DEVELOPMENT ONLY" in human, human
+
     # Every record of the session carries the identity, and verifies.
     recs = gw.audit_json()
     stmts = [r for r in recs if r["event"] == "statement" and MARKER in (r.get("statement") or "")]
@@ -63,6 +71,8 @@ def test_checkpoints_verify_and_records_are_sealed(gatehouse):
     assert rc == 0 and v["ok"] and v["uncovered"] == 0, v
     kinds = v["last_checkpoint"]["kind"]
     assert kinds == "shutdown", v["last_checkpoint"]
+    st = json.loads(gw.cli("status", "--json").stdout)
+    assert st["running"] is False and st["audit"]["uncovered_records"] == 0, st
 
     # The checkpoint is signed by the key store's signing key.
     status = json.loads(gw.cli("board", "status", "--json").stdout)

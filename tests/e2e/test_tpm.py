@@ -147,6 +147,9 @@ def test_audit_checkpoints_signed_by_the_tpm_verify(gatehouse, swtpm):
     assert p.returncode == 0 and v["ok"] and v["content_checked"], v
     assert v["uncovered"] == 0 and v["checkpoints"] >= 2, v
     assert v["last_checkpoint"]["signer"] == f"ecdsa-p256-sha256:{tpm_key}", v
+    st = json.loads(gw.cli("status", "--json").stdout)
+    assert st["key_store"]["hardware_backed"] is True and st["key_store"]["development_only"] is False, st
+    assert "DEVELOPMENT ONLY" not in gw.cli("status").stdout
 
     # An independent verifier (Python's cryptography, not Gatehouse's code) accepts the
     # TPM's signature over the checkpoint message with the exported public key.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ring::digest;
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::checkpoint::{Checkpoint, CheckpointKind, PublicKey};
 use crate::merkle::{leaf_hash, CompactRange, Hash, CHUNK};
@@ -125,12 +125,10 @@ pub(crate) fn ensure_schema(conn: &mut Connection) -> Result<(), AuditError> {
 
 /// The last row's `(seq, hash)`, or `(0, GENESIS)` for an empty store.
 pub(crate) fn chain_tail(conn: &Connection) -> Result<(Seq, [u8; 32]), AuditError> {
+    // Cached: the writer reads the tail in every group commit.
     let row: Option<(Seq, Vec<u8>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     match row {
         None => Ok((0, GENESIS)),
@@ -177,7 +175,7 @@ pub(crate) fn chain_hash_encoded(prev: &[u8; 32], seq: Seq, record_bytes: &[u8])
 /// Appends records after the chain tail inside `tx`; returns the first assigned seq and
 /// calls `on_hash(seq, hash)` for each row. With a `sealer`, each row is sealed.
 pub(crate) fn insert_group<'a>(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     records: impl Iterator<Item = &'a Record>,
     buf: &mut Vec<u8>,
     sealer: Option<&Sealer>,

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gatehouse_board::KeyStore;
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointKind, PublicKey};
@@ -95,7 +95,15 @@ enum Msg {
     Shutdown(mpsc::Sender<Result<(), AuditError>>),
 }
 
+/// How long a group of only unacknowledged records may wait for an acknowledged one.
+const LAZY_COMMIT: Duration = Duration::from_millis(2);
+
 impl Msg {
+    /// An `append_nowait` record: nobody waits for its commit.
+    fn is_lazy(&self) -> bool {
+        matches!(self, Msg::One { ack: None, .. })
+    }
+
     fn record_count(&self) -> usize {
         match self {
             Msg::One { .. } => 1,
@@ -481,6 +489,29 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Nobody waits for a group of only `append_nowait` records (statement outcomes,
+            // written after the fact): hold it up to LAZY_COMMIT so that it shares the commit
+            // of the next awaited record. Under load that halves the commits (and the WAL
+            // pages written); an awaited record is never delayed by this.
+            let lazy_until = Instant::now() + LAZY_COMMIT;
+            while !stop && records < self.max_batch && group.iter().all(Msg::is_lazy) {
+                let wait = lazy_until.saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    break;
+                }
+                match self.rx.recv_timeout(wait) {
+                    Ok(msg) => {
+                        records += msg.record_count();
+                        stop = matches!(msg, Msg::Shutdown(_));
+                        group.push(msg);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        stop = true;
+                        break;
+                    }
+                }
+            }
             self.commit_group(&mut group, records);
             self.tick();
             if stop {
@@ -670,12 +701,40 @@ impl Writer {
     }
 
     /// One transaction: read the chain tail, insert the records and the Merkle chunks they
-    /// complete, commit. Returns the first seq. On error the transaction is rolled back
-    /// (dropping an uncommitted `Transaction` rolls back) and the in-memory tree is unchanged.
+    /// complete, commit. Returns the first seq. On error the transaction is rolled back and
+    /// the in-memory tree is unchanged. BEGIN/COMMIT/ROLLBACK are cached statements (parsing
+    /// them anew was a tenth of the writer's time under load).
     fn write(&mut self, group: &[Msg]) -> Result<Seq, AuditError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        match self.write_in_transaction(group) {
+            Ok(done) => {
+                if let Err(e) = self.conn.prepare_cached("COMMIT")?.execute([]) {
+                    self.rollback();
+                    return Err(e.into());
+                }
+                Ok(self.committed(done)?)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            let r = self
+                .conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut s| s.execute([]));
+            if let Err(e) = r {
+                tracing::error!(error = %e, "audit rollback failed");
+            }
+        }
+    }
+
+    fn write_in_transaction(&mut self, group: &[Msg]) -> Result<Written, AuditError> {
+        let tx = &self.conn;
         let records = group.iter().flat_map(|msg| match msg {
             Msg::One { record, .. } => std::slice::from_ref(record),
             Msg::Many { records, .. } => records.as_slice(),
@@ -716,7 +775,22 @@ impl Writer {
                 stmt.execute(params![i64::try_from(*k).unwrap_or(i64::MAX), &h[..]])?;
             }
         }
-        tx.commit()?;
+        Ok(Written {
+            first,
+            merkle,
+            last_hash,
+            config_hash,
+        })
+    }
+
+    /// Updates the in-memory state after a commit.
+    fn committed(&mut self, done: Written) -> Result<Seq, AuditError> {
+        let Written {
+            first,
+            merkle,
+            last_hash,
+            config_hash,
+        } = done;
         // SQLite keeps writing to a file that was unlinked or replaced under it (the open
         // descriptor stays valid), and such records would vanish at the next open. Checked
         // after the commit so a removal before this point fails the group it hit.
@@ -731,6 +805,14 @@ impl Writer {
         }
         Ok(first)
     }
+}
+
+/// What one group's transaction produced, applied to the writer once it commits.
+struct Written {
+    first: Seq,
+    merkle: CompactRange,
+    last_hash: [u8; 32],
+    config_hash: Option<String>,
 }
 
 /// Refuses to open a database that is older than its high-water mark.

@@ -670,6 +670,7 @@ pub fn board(config: &Path, cmd: BoardCommand) -> anyhow::Result<()> {
         "board": {
             "tpm_device": facts.tpm_device,
             "watchdog_device": facts.watchdog_device,
+            "nics": facts.nics.iter().map(|(n, r)| serde_json::json!({"name": n, "role": r.as_str()})).collect::<Vec<_>>(),
         },
     });
     if json {
@@ -691,6 +692,86 @@ pub fn board(config: &Path, cmd: BoardCommand) -> anyhow::Result<()> {
             keys.signature_scheme().as_str(),
             hex::encode(keys.signing_public_key()?)
         );
+    }
+    Ok(())
+}
+
+/// `gatehouse status`: what an operator checks first — is it running, which key store (a
+/// software one is flagged as development-only), how durable the audit trail is, and how much
+/// of it is covered by a signed checkpoint.
+pub fn status(config: &Path, json: bool) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::load(config)?;
+    let cfg = &loaded.config;
+    let keys = state::open_keys(cfg)?;
+    let backend = keys.backend();
+    let pid = crate::serve::running_pid(cfg);
+    let (durability, window_ms) = match cfg.audit.synchronous {
+        crate::config::AuditSynchronous::Normal => ("bounded", Some(cfg.audit.sync_window_ms)),
+        crate::config::AuditSynchronous::Full => ("strict", None),
+    };
+    let path = cfg.audit_path();
+    let (records, checkpoint) = if path.exists() {
+        let reader = AuditReader::open_with(&path, keys.clone())?;
+        (reader.tree_size()?, reader.checkpoints()?.pop())
+    } else {
+        (0, None)
+    };
+    let uncovered = records - checkpoint.as_ref().map_or(0, |c| c.size.min(records));
+    let v = serde_json::json!({
+        "running": pid.is_some(),
+        "pid": pid,
+        "config_hash": loaded.hash,
+        "key_store": {
+            "backend": backend.to_string(),
+            "hardware_backed": backend.is_hardware_backed(),
+            "development_only": !backend.is_hardware_backed(),
+        },
+        "audit": {
+            "path": path,
+            "durability": durability,
+            "power_loss_window_ms": window_ms,
+            "records": records,
+            "last_checkpoint": checkpoint.as_ref().map(|c| serde_json::json!({
+                "size": c.size,
+                "time": gatehouse_audit::format_rfc3339_us(c.time_us),
+                "kind": c.kind.as_str(),
+                "key_id": c.signer.key_id().as_str(),
+            })),
+            "uncovered_records": uncovered,
+        },
+    });
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    if !backend.is_hardware_backed() {
+        println!("WARNING: SOFTWARE KEY STORE: DEVELOPMENT ONLY. Keys are plain files; use key_store.backend = \"tpm\" in production.");
+    }
+    match pid {
+        Some(p) => println!("gateway:     running (pid {p})"),
+        None => println!("gateway:     not running"),
+    }
+    println!("config:      {}", loaded.hash);
+    println!("key store:   {backend}");
+    match window_ms {
+        Some(ms) => println!(
+            "audit:       bounded durability: a record survives a gateway crash once acknowledged, power loss after at most {ms} ms"
+        ),
+        None => println!(
+            "audit:       strict durability: every record is fsynced before its statement runs"
+        ),
+    }
+    println!("records:     {records}");
+    match &checkpoint {
+        Some(c) => println!(
+            "checkpoint:  {} records, {} ({}), signed by {}; {} records not yet covered",
+            c.size,
+            gatehouse_audit::format_rfc3339_us(c.time_us),
+            c.kind.as_str(),
+            c.signer.key_id().as_str(),
+            uncovered
+        ),
+        None => println!("checkpoint:  none yet"),
     }
     Ok(())
 }

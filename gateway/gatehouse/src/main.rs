@@ -47,9 +47,14 @@ enum Command {
     /// Validate the configuration.
     #[command(subcommand)]
     Config(cli::ConfigCommand),
-    /// Key store and board: provision, status.
+    /// Key store and board: provision, status, rotation, sealed TLS keys.
     #[command(subcommand)]
     Board(cli::BoardCommand),
+    /// Is the gateway running, which key store, audit durability and checkpoint coverage.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => cli::audit(&cli.config, cmd),
         Command::Config(cmd) => cli::config(&cli.config, cmd),
         Command::Board(cmd) => cli::board(&cli.config, cmd),
+        Command::Status { json } => cli::status(&cli.config, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
