@@ -745,7 +745,7 @@ impl Writer {
         let mut config_hash = None;
         let mut chunks = Vec::new();
         let first = schema::insert_group(
-            &tx,
+            tx,
             records,
             &mut self.buf,
             self.sealer.as_ref(),
