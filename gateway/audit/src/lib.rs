@@ -68,7 +68,7 @@ pub use checkpoint::{hwm_path, read_hwm, Checkpoint, CheckpointKind, PublicKey};
 pub use error::AuditError;
 pub use maintain::{prune, rotate_signing_key, PruneReport};
 pub use reader::{AuditReader, BadRecord, ChainBreak, Filter, VerifyReport};
-pub use record::{format_rfc3339_us, Decision, EventKind, Record, StoredRecord};
+pub use record::{format_rfc3339_us, parse_rfc3339_us, Decision, EventKind, Record, StoredRecord};
 pub use store::{AuditStore, StoreOptions, Synchronous};
 pub use verify::{verify, Problem, Verification, VerifyOptions, VerifyProgress};
 

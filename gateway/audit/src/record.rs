@@ -321,6 +321,57 @@ pub fn format_rfc3339_us(time_us: i64) -> String {
     )
 }
 
+/// Parses a UTC RFC 3339 time `YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z` (the form
+/// [`format_rfc3339_us`] writes; a date alone means midnight) into microseconds.
+pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (date, time) = match s.split_once(['T', 't', ' ']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let mut dp = date.splitn(3, '-');
+    let y: i64 = dp.next()?.parse().ok()?;
+    let mo: i64 = dp.next()?.parse().ok()?;
+    let d: i64 = dp.next()?.parse().ok()?;
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let mut secs = 0i64;
+    let mut micros = 0i64;
+    if let Some(t) = time {
+        let t = t.strip_suffix(['Z', 'z'])?;
+        let (hms, frac) = match t.split_once('.') {
+            Some((a, b)) => (a, Some(b)),
+            None => (t, None),
+        };
+        let mut tp = hms.splitn(3, ':');
+        let h: i64 = tp.next()?.parse().ok()?;
+        let mi: i64 = tp.next()?.parse().ok()?;
+        let se: i64 = tp.next()?.parse().ok()?;
+        if h > 23 || mi > 59 || se > 60 {
+            return None;
+        }
+        secs = h * 3600 + mi * 60 + se;
+        if let Some(f) = frac {
+            if f.is_empty() || f.len() > 6 || !f.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            micros = f.parse::<i64>().ok()? * 10i64.pow(6 - f.len() as u32);
+        }
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days * SECS_PER_DAY + secs)
+        .checked_mul(US_PER_SEC)?
+        .checked_add(micros)
+}
+
 /// Proleptic Gregorian (year, month 1-12, day 1-31) of a day count relative to 1970-01-01.
 /// Howard Hinnant's `civil_from_days` (<https://howardhinnant.github.io/date_algorithms.html>),
 /// exact for every day an `i64` of microseconds can name.
@@ -458,5 +509,40 @@ mod tests {
         assert!(!o.contains_key("statement"));
         assert!(!o.contains_key("ref_seq"));
         assert!(o.values().all(|v| !v.is_null()));
+    }
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn parse_inverts_format() {
+        for t in [
+            0i64,
+            1,
+            1_700_000_000_123_456,
+            951_782_400_000_000, // 2000-02-29
+            -86_400_000_000,
+            4_102_444_800_000_000,
+        ] {
+            assert_eq!(parse_rfc3339_us(&format_rfc3339_us(t)), Some(t), "{t}");
+        }
+        assert_eq!(parse_rfc3339_us("1970-01-02"), Some(86_400_000_000));
+        assert_eq!(
+            parse_rfc3339_us("2026-12-04T13:00:00Z"),
+            Some(1_796_389_200_000_000)
+        );
+        for bad in [
+            "",
+            "2026-13-01",
+            "2026-12-04T13:00:00",
+            "2026-12-04T25:00:00Z",
+            "x",
+            "2026-12-04T13:00:00.1234567Z",
+        ] {
+            assert_eq!(parse_rfc3339_us(bad), None, "{bad}");
+        }
     }
 }

@@ -125,6 +125,9 @@ pub struct ExportSummary {
     pub last_seq: i64,
     /// Records exported that no signed checkpoint covers yet.
     pub uncovered: u64,
+    /// The key store that sealed the records and signed the export (`tpm2`, or
+    /// `software (development only)`: such an export is not production evidence).
+    pub key_store: String,
     /// Whether the whole store verified before the export.
     pub verification_ok: bool,
     /// The problems verification found (debug text; no record contents).
@@ -293,11 +296,12 @@ pub fn export(
         first_seq: 0,
         last_seq: 0,
         uncovered: 0,
+        key_store: keys.backend().to_string(),
         verification_ok: verification.is_ok(),
         verification_problems: verification
             .problems
             .iter()
-            .map(|p| format!("{p:?}"))
+            .map(|p| p.to_string())
             .collect(),
         checkpoints: verification.checkpoints,
         checkpoint_size: covered,

@@ -192,7 +192,10 @@ pub fn document(
                 "last-modified": now,
                 "version": "1",
                 "oscal-version": OSCAL_VERSION,
-                "props": [prop("catalog-version", if catalog.version.is_empty() { "unknown" } else { &catalog.version })],
+                "props": [
+                    prop("catalog-version", if catalog.version.is_empty() { "unknown" } else { &catalog.version }),
+                    prop("key-store", &summary.key_store),
+                ],
                 "roles": [{"id": "assessor", "title": "Automated assessor"}],
                 "parties": [{"uuid": party_uuid, "type": "organization", "name": "Gatehouse gateway"}],
             },

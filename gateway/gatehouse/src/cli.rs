@@ -277,6 +277,33 @@ pub enum AuditCommand {
     /// Ask the running gateway (SIGUSR1) for a signed checkpoint now, or write one directly
     /// when no gateway runs on this data dir. Prints the checkpoint.
     Checkpoint,
+    /// Export the records of a time range as evidence for auditors: records.csv,
+    /// records.jsonl, an OSCAL 1.2.1 assessment-results document mapped to NIST SP 800-53
+    /// Rev 5 controls, and a manifest signed by the key store. The store is verified first
+    /// and the result is part of the evidence.
+    Export {
+        /// Start, inclusive (RFC 3339 UTC, e.g. 2026-12-01 or 2026-12-01T00:00:00Z).
+        /// Default: the beginning.
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive (RFC 3339 UTC). Default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// Output directory (created; must be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The NIST SP 800-53 Rev 5 OSCAL catalog (control titles). Default: `audit.catalog`.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Check an export directory offline: the manifest signature, every file's hash, the
+    /// embedded checkpoint's signature. Exits 1 when anything is wrong.
+    VerifyExport {
+        dir: PathBuf,
+        /// The signing key the manifest must carry (`scheme:hex`). Default: this key store's.
+        #[arg(long)]
+        trusted_key: Option<String>,
+    },
     /// Print an inclusion proof of record SEQ in the newest checkpoint's tree, and a
     /// consistency proof between the first and the newest checkpoint (RFC 9162), as JSON.
     Prove {
@@ -323,7 +350,100 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
         } => audit_verify(cfg, json, trusted_key.as_deref(), no_keys),
         AuditCommand::Checkpoint => audit_checkpoint(cfg),
         AuditCommand::Prove { seq } => audit_prove(cfg, seq),
+        AuditCommand::Export {
+            from,
+            to,
+            out,
+            catalog,
+        } => audit_export(cfg, from.as_deref(), to.as_deref(), out, catalog),
+        AuditCommand::VerifyExport { dir, trusted_key } => {
+            let trusted = match trusted_key {
+                Some(t) => gatehouse_audit::PublicKey::from_text(t.trim())
+                    .ok_or_else(|| anyhow::anyhow!("--trusted-key must be scheme:hex"))?,
+                None => gatehouse_audit::PublicKey::of(state::open_keys(cfg)?.as_ref())?,
+            };
+            let check = gatehouse_evidence::verify_export(&dir, Some(&trusted))?;
+            for p in &check.problems {
+                println!("PROBLEM: {p:?}");
+            }
+            if let Some(m) = &check.manifest {
+                println!(
+                    "{} records (seq {}..{}), {} files, store verification {}, key store {}",
+                    m.summary.records,
+                    m.summary.first_seq,
+                    m.summary.last_seq,
+                    m.files.len(),
+                    if m.summary.verification_ok {
+                        "passed"
+                    } else {
+                        "FAILED"
+                    },
+                    m.summary.key_store
+                );
+            }
+            println!("{}", if check.is_ok() { "OK" } else { "FAILED" });
+            if !check.is_ok() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
+}
+
+fn audit_export(
+    cfg: &crate::config::Config,
+    from: Option<&str>,
+    to: Option<&str>,
+    out: PathBuf,
+    catalog: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let parse = |s: &str| {
+        gatehouse_audit::parse_rfc3339_us(s).ok_or_else(|| {
+            anyhow::anyhow!("{s:?} is not an RFC 3339 UTC time (2026-12-01T00:00:00Z)")
+        })
+    };
+    let from_us = from.map(parse).transpose()?.unwrap_or(0);
+    let to_us = match to {
+        Some(t) => parse(t)?,
+        None => {
+            i64::try_from(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)?
+                    .as_micros(),
+            )? + 1
+        }
+    };
+    let store = cfg.audit_path();
+    if !store.exists() {
+        bail!("no audit store at {}", store.display());
+    }
+    let opts = gatehouse_evidence::ExportOptions {
+        store,
+        from_us,
+        to_us,
+        catalog: catalog.unwrap_or_else(|| cfg.audit.catalog.clone()),
+        out_dir: out.clone(),
+    };
+    let keys = state::open_keys(cfg)?;
+    let summary = gatehouse_evidence::export(&opts, keys, |p| match p {
+        gatehouse_evidence::ExportProgress::Verifying(v) if v.done % 65_536 == 0 => {
+            eprintln!("export: verifying {}/{} records", v.done, v.total)
+        }
+        gatehouse_evidence::ExportProgress::Writing { records } if records % 65_536 == 0 => {
+            eprintln!("export: {records} records written")
+        }
+        _ => {}
+    })?;
+    println!(
+        "exported {} records (seq {}..{}) to {}; store verification {}; {} not yet covered by a checkpoint",
+        summary.records,
+        summary.first_seq,
+        summary.last_seq,
+        out.display(),
+        if summary.verification_ok { "passed" } else { "FAILED (see manifest.json)" },
+        summary.uncovered
+    );
+    Ok(())
 }
 
 fn audit_verify(

@@ -212,6 +212,9 @@ pub struct AuditConfig {
     /// were added).
     #[serde(default = "default_checkpoint_interval_seconds")]
     pub checkpoint_interval_seconds: u64,
+    /// The NIST SP 800-53 Rev 5 OSCAL catalog that exports take control titles from.
+    #[serde(default = "default_catalog")]
+    pub catalog: PathBuf,
 }
 
 impl Default for AuditConfig {
@@ -222,8 +225,13 @@ impl Default for AuditConfig {
             sync_window_ms: default_sync_window_ms(),
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval_seconds: default_checkpoint_interval_seconds(),
+            catalog: default_catalog(),
         }
     }
+}
+
+fn default_catalog() -> PathBuf {
+    PathBuf::from("/usr/share/gatehouse/oscal/NIST_SP-800-53_rev5_catalog.json")
 }
 
 fn default_sync_window_ms() -> u64 {
