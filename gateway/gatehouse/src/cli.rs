@@ -692,6 +692,9 @@ pub fn config(config: &Path, cmd: ConfigCommand) -> anyhow::Result<()> {
                 }
             }
             state::build_verifier(&loaded.config)?;
+            if let Some(p) = state::load_policy(&loaded.config)? {
+                println!("policy ok: version {} sha256 {}", p.version(), p.hash());
+            }
             println!("ok {}", loaded.hash);
             Ok(())
         }

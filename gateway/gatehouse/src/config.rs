@@ -35,6 +35,16 @@ pub struct Config {
     pub connections: Vec<ConnectionConfig>,
     #[serde(default)]
     pub key_store: KeyStoreConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// The guardrail policy (`gatehouse-policy` format). Without a file every statement is
+/// allowed and recorded.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub path: Option<PathBuf>,
 }
 
 /// Where keys live: the TPM on an appliance, files in the data dir for development.

@@ -127,6 +127,7 @@ pub async fn run(
         .context("audit store refused the start record")?;
     let mut cfg = gw.record(EventKind::ConfigLoaded);
     cfg.config_hash = Some(hash);
+    cfg.reason = Some(policy_note(&gw));
     gw.audit
         .append(cfg)
         .await
@@ -184,6 +185,7 @@ async fn reload_on_hup(gw: Arc<Gateway>) {
                 tracing::info!(config_hash = %hash, "configuration reloaded");
                 let mut r = gw.record(EventKind::ConfigLoaded);
                 r.config_hash = Some(hash);
+                r.reason = Some(policy_note(&gw));
                 if let Err(e) = gw.audit.append(r).await {
                     tracing::error!(error = %e, "could not record the reload");
                 }
@@ -192,6 +194,20 @@ async fn reload_on_hup(gw: Arc<Gateway>) {
                 tracing::error!(error = %format!("{e:#}"), "configuration reload refused; the running configuration stays in force")
             }
         }
+    }
+}
+
+/// The policy in force, for the `config.loaded` record; also hands its hash to the audit
+/// store, whose checkpoints carry it (CM-2).
+fn policy_note(gw: &Gateway) -> String {
+    let policy = gw.policy.load();
+    let hash = policy.as_ref().as_ref().map(|p| p.hash().to_owned());
+    if let Err(e) = gw.audit.set_policy_hash(hash) {
+        tracing::error!(error = %e, "could not pass the policy hash to the audit store");
+    }
+    match policy.as_ref() {
+        Some(p) => format!("policy version {} sha256 {}", p.version(), p.hash()),
+        None => "no policy configured: every statement is allowed and recorded".into(),
     }
 }
 

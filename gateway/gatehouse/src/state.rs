@@ -9,6 +9,7 @@ use gatehouse_audit::{AuditStore, EventKind, Record, StoreOptions, Synchronous};
 use gatehouse_board::{KeyStore, SoftwareKeyStore};
 use gatehouse_board_tpm::{TpmKeyStore, TpmOptions};
 use gatehouse_identity::{DevIssuer, Verifier, VerifierOptions};
+use gatehouse_policy::Policy;
 use gatehouse_vault::Vault;
 
 use crate::config::{AuditSynchronous, Config, KeyStoreBackend, LoadedConfig};
@@ -23,6 +24,20 @@ pub struct Gateway {
     pub audit: AuditStore,
     pub cancels: Arc<CancelRegistry>,
     pub keys: Arc<dyn KeyStore>,
+    /// The guardrail policy in force (`None`: no policy configured, everything allowed).
+    pub policy: ArcSwap<Option<Arc<Policy>>>,
+}
+
+/// Loads and validates the configured policy file (`None` when none is configured).
+pub fn load_policy(config: &Config) -> anyhow::Result<Option<Arc<Policy>>> {
+    let Some(path) = &config.policy.path else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the policy file {}", path.display()))?;
+    let policy =
+        Policy::from_toml(&text).with_context(|| format!("policy file {}", path.display()))?;
+    Ok(Some(Arc::new(policy)))
 }
 
 impl Gateway {
@@ -37,6 +52,7 @@ impl Gateway {
         let keys = open_keys(config)?;
         let vault = Vault::open(&config.vault_path(), keys.clone()).context("opening the vault")?;
         let verifier = build_verifier(config)?;
+        let policy = load_policy(config)?;
         let opts = StoreOptions {
             synchronous: match config.audit.synchronous {
                 AuditSynchronous::Normal => Synchronous::Normal,
@@ -59,6 +75,7 @@ impl Gateway {
             audit,
             cancels: Arc::new(CancelRegistry::default()),
             keys,
+            policy: ArcSwap::from_pointee(policy),
         })
     }
 
@@ -76,8 +93,11 @@ impl Gateway {
         let path = self.config.load().path.clone();
         let loaded = LoadedConfig::load(&path)?;
         let verifier = build_verifier(&loaded.config)?;
+        // A broken policy refuses the whole reload: the last good config and policy stay.
+        let policy = load_policy(&loaded.config)?;
         let hash = loaded.hash.clone();
         self.verifier.store(Arc::new(verifier));
+        self.policy.store(Arc::new(policy));
         self.config.store(Arc::new(loaded));
         Ok(hash)
     }

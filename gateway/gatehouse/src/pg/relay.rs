@@ -9,6 +9,14 @@
 //!   each audited statement gets a `statement.result` record with its SQLSTATE and row count.
 //!
 //! Large DataRow and CopyData messages are streamed through without being buffered whole.
+//!
+//! Guardrails: with a policy loaded, every Query and Parse is classified by PostgreSQL's own
+//! parser (`gatehouse-sql`) and judged (`gatehouse-policy`). A refused statement never reaches
+//! the target: its message is *replaced* by `DO … RAISE EXCEPTION … ERRCODE '42501'`, so that
+//! PostgreSQL itself answers with the ErrorResponse naming the rule, aborts the transaction
+//! block if one is open, and skips to the next Sync in the extended protocol — the session
+//! stays usable and its state matches what the client sees. A Bind of a refused prepared
+//! statement is re-encoded without parameters to fit the replacement.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -88,12 +96,112 @@ struct Prepared {
     sql: Arc<str>,
     statement: Arc<str>,
     param_count: i64,
+    /// Refused by the policy: (decision label, rule and reason for the audit record).
+    refused: Option<Arc<(Decision, String)>>,
 }
 
 #[derive(Debug, Default)]
 struct ClientState {
     statements: HashMap<String, Prepared>,
     portals: HashMap<String, Prepared>,
+    /// SQL-level `PREPARE`s forwarded on this session, to judge `EXECUTE`.
+    sql_prepared: gatehouse_sql::PreparedStatements,
+    /// The session's identity and connection tags, as the policy sees them.
+    who: Option<Arc<Who>>,
+}
+
+/// Who is asking, where: the policy facts fixed for the session.
+#[derive(Debug)]
+struct Who {
+    user: String,
+    groups: Vec<String>,
+    connection: String,
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+/// The policy's verdict on one request, for the relay.
+enum Verdict {
+    /// Forward. `note`: the deciding rule, when one allowed it.
+    Allow { note: Option<String> },
+    /// Do not forward: replace by an error raised in PostgreSQL with `message`.
+    Refuse {
+        decision: Decision,
+        note: String,
+        message: String,
+    },
+}
+
+impl ClientState {
+    /// Judges `sql` with the policy in force; no policy allows without parsing.
+    fn judge(&mut self, gw: &Gateway, sql: &str) -> Verdict {
+        let policy = gw.policy.load();
+        let (Some(policy), Some(who)) = (policy.as_ref().as_ref(), self.who.as_ref()) else {
+            return Verdict::Allow { note: None };
+        };
+        let statements = gatehouse_sql::classify(sql);
+        let facts = gatehouse_policy::Facts {
+            user: &who.user,
+            groups: &who.groups,
+            connection: &who.connection,
+            tags: &who.tags,
+            protocol: "postgres",
+            sql,
+            statements: &statements,
+            prepared: &self.sql_prepared,
+            now: std::time::SystemTime::now(),
+        };
+        match policy.evaluate(&facts, &[]) {
+            gatehouse_policy::Decision::Allow { basis } => {
+                if let Ok(parts) = &statements {
+                    self.sql_prepared.observe(parts);
+                }
+                let note = match basis {
+                    gatehouse_policy::AllowBasis::Default => None,
+                    gatehouse_policy::AllowBasis::Rule(r) => Some(format!("allowed by {r}")),
+                    gatehouse_policy::AllowBasis::Grant { rule, grant } => {
+                        Some(format!("allowed by grant {grant} for {rule}"))
+                    }
+                    gatehouse_policy::AllowBasis::Unanalyzed => Some(
+                        "not analysable by the SQL parser; allowed because nothing restricts this connection"
+                            .into(),
+                    ),
+                };
+                Verdict::Allow { note }
+            }
+            gatehouse_policy::Decision::Deny { rule, reason } => Verdict::Refuse {
+                decision: Decision::Deny,
+                note: format!("{rule}: {reason}"),
+                message: format!("gatehouse: statement blocked by {rule}: {reason}"),
+            },
+            gatehouse_policy::Decision::RequireApproval {
+                rule,
+                reason,
+                approvers,
+                ..
+            } => Verdict::Refuse {
+                decision: Decision::Deny,
+                note: format!("{rule}: {reason} (approval required; refused)"),
+                message: format!(
+                    "gatehouse: statement needs approval by {} under {rule}: {reason}; \
+                     just-in-time approval is not available on this gateway yet, so it is refused",
+                    approvers.join(" or ")
+                ),
+            },
+        }
+    }
+}
+
+/// SQL that makes PostgreSQL raise `message` with SQLSTATE 42501 (insufficient privilege).
+/// The text is kept to printable characters without backslashes or `$`, quoted as a
+/// standard string literal inside a dollar-quoted body with a random tag.
+fn refusal_sql(message: &str) -> String {
+    let lit: String = message
+        .chars()
+        .filter(|c| !c.is_control() && *c != '\\' && *c != '$')
+        .collect::<String>()
+        .replace('\'', "''");
+    let tag = format!("$gh{}$", hex::encode(rand::random::<[u8; 6]>()));
+    format!("DO {tag}BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{lit}'; END{tag}")
 }
 
 pub async fn run(
@@ -104,10 +212,28 @@ pub async fn run(
     leftover: BytesMut,
 ) -> Result<SessionStats, (SessionStats, SessionError)> {
     let shared = Mutex::new(Shared::default());
+    let who = info.identity.as_ref().map(|id| {
+        let connection = info.connection.clone().unwrap_or_default();
+        let tags = gw
+            .config
+            .load()
+            .config
+            .connections
+            .iter()
+            .find(|c| c.name == connection)
+            .map(|c| c.tags.clone())
+            .unwrap_or_default();
+        Arc::new(Who {
+            user: id.username.clone(),
+            groups: id.groups.clone(),
+            connection,
+            tags,
+        })
+    });
     let (crd, cwr) = tokio::io::split(client);
     let (urd, uwr) = tokio::io::split(upstream);
     let result = {
-        let c2u = client_to_upstream(gw, info, crd, uwr, leftover, &shared);
+        let c2u = client_to_upstream(gw, info, crd, uwr, leftover, &shared, who);
         let u2c = upstream_to_client(gw, info, urd, cwr, &shared);
         tokio::pin!(c2u, u2c);
         tokio::select! {
@@ -143,12 +269,16 @@ async fn client_to_upstream<R, W>(
     mut wr: W,
     mut buf: BytesMut,
     shared: &Mutex<Shared>,
+    who: Option<Arc<Who>>,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut st = ClientState::default();
+    let mut st = ClientState {
+        who,
+        ..ClientState::default()
+    };
     // Bytes of a streamed CopyData message still to pass through.
     let mut streaming = 0usize;
     let mut records: Vec<Record> = Vec::new();
@@ -156,6 +286,10 @@ where
     loop {
         let mut pos = 0usize;
         let mut terminate = false;
+        // Set once a message of this read is replaced: the bytes to forward instead of
+        // `buf[..pos]`, complete up to `copied`.
+        let mut out: Option<BytesMut> = None;
+        let mut copied = 0usize;
         if streaming > 0 {
             let take = streaming.min(buf.len());
             pos = take;
@@ -179,7 +313,14 @@ where
                 tag: h.tag,
                 body: &buf[pos + HEADER_LEN..pos + h.total_len],
             };
-            inspect(&mut st, gw, info, frame, &mut records, &mut pending)?;
+            if let Some(replacement) =
+                inspect(&mut st, gw, info, frame, &mut records, &mut pending)?
+            {
+                let o = out.get_or_insert_with(BytesMut::new);
+                o.extend_from_slice(&buf[copied..pos]);
+                o.extend_from_slice(&replacement);
+                copied = pos + h.total_len;
+            }
             pos += h.total_len;
             if h.tag == b'X' {
                 terminate = true;
@@ -214,7 +355,14 @@ where
                     });
                 }
             }
-            wr.write_all(&buf[..pos])
+            let bytes: &[u8] = match out.as_mut() {
+                Some(o) => {
+                    o.extend_from_slice(&buf[copied..pos]);
+                    o
+                }
+                None => &buf[..pos],
+            };
+            wr.write_all(bytes)
                 .await
                 .map_err(|_| SessionError::UpstreamLost)?;
             lock(shared).stats.bytes_in += pos as u64;
@@ -233,7 +381,8 @@ where
     }
 }
 
-/// Looks at one client message; statements that will run get an audit record.
+/// Looks at one client message; statements that will run get an audit record. Returns the
+/// bytes to forward instead of the message when the policy refuses it.
 fn inspect(
     st: &mut ClientState,
     gw: &Gateway,
@@ -241,27 +390,59 @@ fn inspect(
     frame: Frame<'_>,
     records: &mut Vec<Record>,
     pending: &mut Vec<(Kind, Option<usize>)>,
-) -> Result<(), SessionError> {
+) -> Result<Option<BytesMut>, SessionError> {
     match FrontendMessage::decode(frame)? {
         FrontendMessage::Query { sql } => {
             let mut r = statement_record(gw, info, "simple");
             r.statement = Some(sql.to_owned());
+            let replacement = match st.judge(gw, sql) {
+                Verdict::Allow { note } => {
+                    r.reason = note;
+                    None
+                }
+                Verdict::Refuse {
+                    decision,
+                    note,
+                    message,
+                } => {
+                    r.decision = Some(decision);
+                    r.reason = Some(note);
+                    let mut b = BytesMut::new();
+                    gatehouse_pgwire::encode_query(&mut b, &refusal_sql(&message));
+                    Some(b)
+                }
+            };
             pending.push((Kind::Simple, Some(records.len())));
             records.push(r);
+            return Ok(replacement);
         }
         FrontendMessage::Parse {
             statement,
             sql,
             param_types,
         } => {
+            let (refused, replacement) = match st.judge(gw, sql) {
+                Verdict::Allow { .. } => (None, None),
+                Verdict::Refuse {
+                    decision,
+                    note,
+                    message,
+                } => {
+                    let mut b = BytesMut::new();
+                    gatehouse_pgwire::encode_parse(&mut b, statement, &refusal_sql(&message), &[]);
+                    (Some(Arc::new((decision, note))), Some(b))
+                }
+            };
             st.statements.insert(
                 statement.to_owned(),
                 Prepared {
                     sql: sql.into(),
                     statement: statement.into(),
                     param_count: param_types.len() as i64,
+                    refused,
                 },
             );
+            return Ok(replacement);
         }
         FrontendMessage::Bind {
             portal,
@@ -277,7 +458,14 @@ fn inspect(
                     sql: "".into(),
                     statement: statement.into(),
                     param_count: 0,
+                    refused: None,
                 });
+            let replacement = p.refused.is_some().then(|| {
+                // The replacement statement takes no parameters.
+                let mut b = BytesMut::new();
+                gatehouse_pgwire::encode_bind(&mut b, portal, statement, &[]);
+                b
+            });
             st.portals.insert(
                 portal.to_owned(),
                 Prepared {
@@ -285,6 +473,7 @@ fn inspect(
                     ..p
                 },
             );
+            return Ok(replacement);
         }
         FrontendMessage::Execute { portal, .. } => {
             let mut r = statement_record(gw, info, "extended");
@@ -292,6 +481,10 @@ fn inspect(
                 r.statement = Some(p.sql.to_string());
                 r.statement_name = (!p.statement.is_empty()).then(|| p.statement.to_string());
                 r.param_count = Some(p.param_count);
+                if let Some(refused) = &p.refused {
+                    r.decision = Some(refused.0);
+                    r.reason = Some(refused.1.clone());
+                }
             } else {
                 r.reason = Some(format!("execute of unknown portal {portal:?}"));
             }
@@ -320,7 +513,7 @@ fn inspect(
         | FrontendMessage::CopyFail { .. } => {}
         FrontendMessage::Password { .. } => return Err(SessionError::UnexpectedStartupMessage),
     }
-    Ok(())
+    Ok(None)
 }
 
 fn statement_record(gw: &Gateway, info: &SessionInfo, protocol: &str) -> Record {
