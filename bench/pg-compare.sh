@@ -14,7 +14,7 @@
 #
 # Environment: GATEHOUSE_BIN (use this binary, skip the build), CARGO_TARGET_DIR (default
 # ~/.cache/gatehouse/target), BENCH_SCALE (pgbench scale, default 10), BENCH_CLIENTS (default 8),
-# BENCH_JOBS (default 2).
+# BENCH_JOBS (default 2), BENCH_GH_EXTRA_TOML (appended to the gatehouse config).
 #
 # Everything (PostgreSQL, pgbouncer, gatehouse) runs on 127.0.0.1 on free ports, in a temp dir,
 # and is torn down on exit, also on failure or Ctrl-C. Results: stdout and bench/results/latest.md.
@@ -360,6 +360,8 @@ EOF
 [identity.dev_issuer]
 enabled = true
 EOF
+        # Extra gatehouse config for experiments (e.g. an [audit] table).
+        if [[ -n "${BENCH_GH_EXTRA_TOML:-}" ]]; then printf '\n%s\n' "$BENCH_GH_EXTRA_TOML"; fi
     } >"$GH_CFG"
     CONN_ENTRY="
 [[connections]]

@@ -280,7 +280,9 @@ tags = {{ environment = "development" }}
         .enable_all()
         .build()?;
     let result = rt.block_on(async move {
+        let pid_file = loaded.config.pid_path();
         let (gw, listeners) = crate::serve::prepare(loaded).await?;
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
         let addr = listeners.first().map(|(l, _)| l.local_addr()).transpose()?.context("no listener")?;
         println!();
         println!("Gatehouse demo is running (development mode: software key store, self-signed TLS, dev token issuer).");
@@ -297,6 +299,7 @@ tags = {{ environment = "development" }}
         println!();
         println!("Mint another token:  gatehouse --config {} token --user bob --groups analysts", config_path.display());
         println!("Watch the audit log: gatehouse --config {} audit tail --follow", config_path.display());
+        println!("Check it:            gatehouse --config {} status   /   audit verify", config_path.display());
         println!("Stop with Ctrl-C.");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
