@@ -37,6 +37,9 @@ pub struct Config {
     pub key_store: KeyStoreConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// In-flight masking (`gatehouse-masking` format). Absent: only vaulted credentials are
+    /// masked (that detector can never be switched off).
+    pub masking: Option<gatehouse_masking::MaskingConfig>,
 }
 
 /// The guardrail policy (`gatehouse-policy` format). Without a file every statement is
@@ -426,6 +429,9 @@ impl Config {
         if !(1..=86_400).contains(&self.audit.checkpoint_interval_seconds) {
             return Err("audit.checkpoint_interval_seconds must be 1-86400".into());
         }
+        if let Some(m) = &self.masking {
+            m.validate().map_err(|e| format!("masking: {e}"))?;
+        }
         if self.key_store.tcti.is_empty() {
             return Err("key_store.tcti is empty".into());
         }
@@ -524,8 +530,13 @@ tags = { environment = "production" }
     fn unknown_keys_are_errors() {
         let e = load(&BASE.replace("host = \"db\"", "host = \"db\"\nhots = 1")).unwrap_err();
         assert!(e.to_string().contains("hots"), "{e}");
+        // A typo in a masking or policy table must not fail open.
         let e = load(&format!("{BASE}\n[masking]\nx = 1\n")).unwrap_err();
-        assert!(e.to_string().contains("masking"), "{e}");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = load(&format!("{BASE}\n[masking]\ndisabled = [\"crad\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("crad"), "{e}");
+        let e = load(&format!("{BASE}\n[policy]\npaht = \"p.toml\"\n")).unwrap_err();
+        assert!(e.to_string().contains("paht"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use gatehouse_audit::{AuditStore, EventKind, Record, StoreOptions, Synchronous};
 use gatehouse_board::{KeyStore, SoftwareKeyStore};
 use gatehouse_board_tpm::{TpmKeyStore, TpmOptions};
 use gatehouse_identity::{DevIssuer, Verifier, VerifierOptions};
+use gatehouse_masking::{Engine, Entity, MaskingConfig};
 use gatehouse_policy::Policy;
 use gatehouse_vault::Vault;
 
@@ -26,6 +27,41 @@ pub struct Gateway {
     pub keys: Arc<dyn KeyStore>,
     /// The guardrail policy in force (`None`: no policy configured, everything allowed).
     pub policy: ArcSwap<Option<Arc<Policy>>>,
+    /// The masking engine in force: the configured rules plus every vaulted credential.
+    pub masking: ArcSwap<Engine>,
+}
+
+/// Builds the masking engine: the `[masking]` config (or vaulted secrets only) and every
+/// credential in the vault, with a keyed-hash key derived from the vault data key (stable
+/// across restarts, so hashed values still join).
+pub fn build_masking(
+    config: &Config,
+    vault: &Vault,
+    keys: &dyn KeyStore,
+) -> anyhow::Result<Engine> {
+    let cfg = match &config.masking {
+        Some(m) => m.clone(),
+        None => MaskingConfig {
+            disabled: Entity::ALL
+                .iter()
+                .copied()
+                .filter(|e| !matches!(e, Entity::VaultedSecret | Entity::Column))
+                .collect(),
+            ..MaskingConfig::default()
+        },
+    };
+    let secrets = vault
+        .all_secrets()
+        .context("reading the vault for masking")?;
+    let patterns: Vec<&[u8]> = secrets.iter().map(|s| s.expose().as_bytes()).collect();
+    let dk = keys.data_key(gatehouse_board::KeyPurpose::Vault)?;
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, dk.bytes()),
+        b"gatehouse-masking-hash-key/v1",
+    );
+    let mut hash_key = [0u8; 32];
+    hash_key.copy_from_slice(tag.as_ref());
+    Engine::new(&cfg, &patterns, hash_key).context("building the masking engine")
 }
 
 /// Loads and validates the configured policy file (`None` when none is configured).
@@ -53,6 +89,7 @@ impl Gateway {
         let vault = Vault::open(&config.vault_path(), keys.clone()).context("opening the vault")?;
         let verifier = build_verifier(config)?;
         let policy = load_policy(config)?;
+        let masking = build_masking(config, &vault, keys.as_ref())?;
         let opts = StoreOptions {
             synchronous: match config.audit.synchronous {
                 AuditSynchronous::Normal => Synchronous::Normal,
@@ -76,6 +113,7 @@ impl Gateway {
             cancels: Arc::new(CancelRegistry::default()),
             keys,
             policy: ArcSwap::from_pointee(policy),
+            masking: ArcSwap::from_pointee(masking),
         })
     }
 
@@ -95,9 +133,11 @@ impl Gateway {
         let verifier = build_verifier(&loaded.config)?;
         // A broken policy refuses the whole reload: the last good config and policy stay.
         let policy = load_policy(&loaded.config)?;
+        let masking = build_masking(&loaded.config, &self.vault, self.keys.as_ref())?;
         let hash = loaded.hash.clone();
         self.verifier.store(Arc::new(verifier));
         self.policy.store(Arc::new(policy));
+        self.masking.store(Arc::new(masking));
         self.config.store(Arc::new(loaded));
         Ok(hash)
     }

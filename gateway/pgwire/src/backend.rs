@@ -391,3 +391,168 @@ mod tests {
         }
     }
 }
+
+/// One column of a RowDescription (`T`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDescription<'a> {
+    pub name: &'a str,
+    pub table_oid: i32,
+    pub column: i16,
+    pub type_oid: i32,
+    pub type_len: i16,
+    pub type_mod: i32,
+    /// 0 text, 1 binary.
+    pub format: i16,
+}
+
+/// Decodes a RowDescription (`T`) body. The column count is bounded by the body length
+/// (each column takes at least 19 bytes), so nothing is allocated beyond the message.
+pub fn decode_row_description(body: &[u8]) -> Result<Vec<FieldDescription<'_>>, ProtocolError> {
+    let mut r = Reader::new(body, "RowDescription");
+    let n = r.i16()?;
+    if n < 0 || (n as usize) * 19 > r.remaining().len() {
+        return Err(ProtocolError::Malformed("RowDescription"));
+    }
+    let mut cols = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        cols.push(FieldDescription {
+            name: r.cstr()?,
+            table_oid: r.i32()?,
+            column: r.i16()?,
+            type_oid: r.i32()?,
+            type_len: r.i16()?,
+            type_mod: r.i32()?,
+            format: r.i16()?,
+        });
+    }
+    r.finish()?;
+    Ok(cols)
+}
+
+/// Encodes a RowDescription.
+pub fn encode_row_description(out: &mut BytesMut, cols: &[FieldDescription<'_>]) {
+    put_typed(out, b'T', |o| {
+        o.put_i16(cols.len() as i16);
+        for c in cols {
+            put_cstr(o, c.name);
+            o.put_i32(c.table_oid);
+            o.put_i16(c.column);
+            o.put_i32(c.type_oid);
+            o.put_i16(c.type_len);
+            o.put_i32(c.type_mod);
+            o.put_i16(c.format);
+        }
+    });
+}
+
+/// Decodes a DataRow (`D`) body into its values (`None` = SQL NULL). Every length is
+/// checked against the body before it is used.
+pub fn decode_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
+    let mut r = Reader::new(body, "DataRow");
+    let n = r.i16()?;
+    if n < 0 || (n as usize) * 4 > r.remaining().len() {
+        return Err(ProtocolError::Malformed("DataRow"));
+    }
+    let mut values = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = r.i32()?;
+        if len == -1 {
+            values.push(None);
+        } else if len < 0 {
+            return Err(ProtocolError::Malformed("DataRow"));
+        } else {
+            values.push(Some(r.bytes(len as usize)?));
+        }
+    }
+    r.finish()?;
+    Ok(values)
+}
+
+/// Encodes a DataRow.
+pub fn encode_data_row(out: &mut BytesMut, values: &[Option<&[u8]>]) {
+    put_typed(out, b'D', |o| {
+        o.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                None => o.put_i32(-1),
+                Some(b) => {
+                    o.put_i32(b.len() as i32);
+                    o.extend_from_slice(b);
+                }
+            }
+        }
+    });
+}
+
+/// Decodes a NotificationResponse (`A`) body: (process id, channel, payload).
+pub fn decode_notification(body: &[u8]) -> Result<(i32, &str, &str), ProtocolError> {
+    let mut r = Reader::new(body, "NotificationResponse");
+    let pid = r.i32()?;
+    let channel = r.cstr()?;
+    let payload = r.cstr()?;
+    r.finish()?;
+    Ok((pid, channel, payload))
+}
+
+/// Encodes a NotificationResponse.
+pub fn encode_notification(out: &mut BytesMut, pid: i32, channel: &str, payload: &str) {
+    put_typed(out, b'A', |o| {
+        o.put_i32(pid);
+        put_cstr(o, channel);
+        put_cstr(o, payload);
+    });
+}
+
+#[cfg(test)]
+mod row_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::HEADER_LEN;
+
+    #[test]
+    fn rows_round_trip() {
+        let cols = vec![
+            FieldDescription {
+                name: "id",
+                table_oid: 1,
+                column: 1,
+                type_oid: 23,
+                type_len: 4,
+                type_mod: -1,
+                format: 1,
+            },
+            FieldDescription {
+                name: "email",
+                table_oid: 1,
+                column: 2,
+                type_oid: 25,
+                type_len: -1,
+                type_mod: -1,
+                format: 0,
+            },
+        ];
+        let mut b = BytesMut::new();
+        encode_row_description(&mut b, &cols);
+        assert_eq!(decode_row_description(&b[HEADER_LEN..]).unwrap(), cols);
+        let vals: Vec<Option<&[u8]>> = vec![Some(b"\x00\x00\x00\x07"), None, Some(b"")];
+        let mut b = BytesMut::new();
+        encode_data_row(&mut b, &vals);
+        assert_eq!(decode_data_row(&b[HEADER_LEN..]).unwrap(), vals);
+        let mut b = BytesMut::new();
+        encode_notification(&mut b, 42, "ch", "payload");
+        assert_eq!(
+            decode_notification(&b[HEADER_LEN..]).unwrap(),
+            (42, "ch", "payload")
+        );
+    }
+
+    #[test]
+    fn lying_lengths_are_malformed() {
+        // 1000 columns announced in a 2-byte body; a value longer than the body; -2.
+        assert!(decode_data_row(&[0x03, 0xe8]).is_err());
+        assert!(decode_data_row(&[0, 1, 0, 0, 0, 9, 1, 2]).is_err());
+        assert!(decode_data_row(&[0, 1, 0xff, 0xff, 0xff, 0xfe]).is_err());
+        assert!(decode_row_description(&[0x7f, 0xff]).is_err());
+        assert!(decode_data_row(&[0, 0, 9]).is_err());
+    }
+}

@@ -5,9 +5,10 @@
 use bytes::BytesMut;
 
 use crate::{
-    decode_error_fields, decode_parameter_status, decode_startup, encode_error_fields,
-    encode_parameter_status, encode_startup, next_frame, Authentication, FrontendMessage,
-    StartupPacket, PQ_LARGE_MESSAGE_LIMIT,
+    decode_data_row, decode_error_fields, decode_notification, decode_parameter_status,
+    decode_row_description, decode_startup, encode_data_row, encode_error_fields,
+    encode_notification, encode_parameter_status, encode_row_description, encode_startup,
+    next_frame, Authentication, FrontendMessage, StartupPacket, PQ_LARGE_MESSAGE_LIMIT,
 };
 
 /// Startup packets: decode, and for a StartupMessage re-encode and decode again.
@@ -65,6 +66,31 @@ pub fn backend(data: &[u8]) {
                         &rest[..f.wire_len()],
                         "parameter status round trip"
                     );
+                }
+            }
+            b'T' => {
+                if let Ok(cols) = decode_row_description(f.body) {
+                    let mut out = BytesMut::new();
+                    encode_row_description(&mut out, &cols);
+                    assert_eq!(
+                        &out[..],
+                        &rest[..f.wire_len()],
+                        "row description round trip"
+                    );
+                }
+            }
+            b'D' => {
+                if let Ok(values) = decode_data_row(f.body) {
+                    let mut out = BytesMut::new();
+                    encode_data_row(&mut out, &values);
+                    assert_eq!(&out[..], &rest[..f.wire_len()], "data row round trip");
+                }
+            }
+            b'A' => {
+                if let Ok((pid, channel, payload)) = decode_notification(f.body) {
+                    let mut out = BytesMut::new();
+                    encode_notification(&mut out, pid, channel, payload);
+                    assert_eq!(&out[..], &rest[..f.wire_len()], "notification round trip");
                 }
             }
             _ => {}

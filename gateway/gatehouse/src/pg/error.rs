@@ -53,6 +53,8 @@ pub enum SessionError {
     UpstreamLost,
     #[error("audit store unavailable: {0}")]
     AuditUnavailable(String),
+    #[error("masking failed: {0}")]
+    MaskingFailed(String),
     #[error("startup timed out")]
     Timeout,
     #[error("i/o: {0}")]
@@ -78,7 +80,9 @@ impl SessionError {
             | UpstreamAuth(_)
             | UpstreamProtocol(_)
             | UpstreamLost => ErrorKind::Upstream,
-            NoCredential(_) | Vault(_) | AuditUnavailable(_) => ErrorKind::Internal,
+            NoCredential(_) | Vault(_) | AuditUnavailable(_) | MaskingFailed(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 
@@ -96,6 +100,7 @@ impl SessionError {
             UpstreamConnect(_) | UpstreamLost => "08006",
             UpstreamAuth(_) | UpstreamProtocol(_) => "08004",
             AuditUnavailable(_) => "58030",
+            MaskingFailed(_) => "54000",
             Timeout | Io(_) => "08006",
         }
     }
@@ -124,6 +129,9 @@ impl SessionError {
             UpstreamProtocol(_) => "the target database sent an invalid response".into(),
             UpstreamLost => "connection to the target database lost".into(),
             AuditUnavailable(_) => "audit store unavailable: statement refused".into(),
+            MaskingFailed(_) => {
+                "a result could not be masked (too large or malformed); it was not sent".into()
+            }
             Timeout => "startup timed out".into(),
             Io(_) => "connection error".into(),
         }

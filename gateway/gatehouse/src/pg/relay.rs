@@ -532,6 +532,282 @@ fn result_record(gw: &Gateway, info: &SessionInfo, p: &Pending) -> Record {
     r
 }
 
+/// Type OIDs whose binary form is their text (`text`, `varchar`, `bpchar`, `name`, `json`,
+/// `unknown`, `xml`) or raw bytes (`bytea`): scanned like text values.
+const SCANNED_BINARY_TYPES: [i32; 8] = [25, 1043, 1042, 19, 114, 705, 142, 17];
+/// `jsonb`: binary form is a version byte (1) and the JSON text.
+const JSONB_OID: i32 = 3802;
+/// Error/notice fields that carry no data (severity, code, position, file, line, routine).
+const PLAIN_ERROR_FIELDS: [u8; 8] = [b'S', b'V', b'C', b'P', b'p', b'F', b'L', b'R'];
+
+/// One result column as the masking sees it.
+#[derive(Debug, Clone, Copy)]
+struct MaskColumn {
+    plan: gatehouse_masking::ColumnPlan,
+    binary: bool,
+    type_oid: i32,
+}
+
+/// In-flight masking of one session's upstream→client stream.
+struct Masking {
+    engine: Arc<gatehouse_masking::Engine>,
+    columns: Vec<MaskColumn>,
+    copy_binary: bool,
+    /// Binary COPY OUT: the file header has been passed.
+    copy_header_seen: bool,
+    /// Masked since the last statement outcome.
+    counts: gatehouse_masking::Counts,
+}
+
+fn mask_failed(e: gatehouse_masking::MaskError) -> SessionError {
+    SessionError::MaskingFailed(e.to_string())
+}
+
+impl Masking {
+    /// The largest DataRow / CopyData message assembled for masking.
+    fn max_message(&self) -> usize {
+        self.engine.max_value_bytes().saturating_add(1 << 20)
+    }
+
+    fn text(
+        &mut self,
+        plan: gatehouse_masking::ColumnPlan,
+        v: &[u8],
+    ) -> Result<Option<Vec<u8>>, SessionError> {
+        match self
+            .engine
+            .mask_planned(plan, v, &mut self.counts)
+            .map_err(mask_failed)?
+        {
+            std::borrow::Cow::Borrowed(_) => Ok(None),
+            std::borrow::Cow::Owned(o) => Ok(Some(o)),
+        }
+    }
+
+    fn text_str(&mut self, v: &str) -> Result<Option<String>, SessionError> {
+        Ok(self
+            .text(gatehouse_masking::ColumnPlan::default(), v.as_bytes())?
+            .map(|o| String::from_utf8_lossy(&o).into_owned()))
+    }
+
+    /// The message to send instead of `tag`/`body`, when masking changed it.
+    fn message(&mut self, tag: u8, body: &[u8]) -> Result<Option<BytesMut>, SessionError> {
+        let bad =
+            |e: gatehouse_pgwire::ProtocolError| SessionError::UpstreamProtocol(e.to_string());
+        match tag {
+            b'T' => {
+                let cols = gatehouse_pgwire::decode_row_description(body).map_err(bad)?;
+                self.columns = cols
+                    .iter()
+                    .map(|c| MaskColumn {
+                        plan: self.engine.plan(Some(c.name)),
+                        binary: c.format == 1,
+                        type_oid: c.type_oid,
+                    })
+                    .collect();
+                Ok(None)
+            }
+            b'D' => {
+                let values = gatehouse_pgwire::decode_data_row(body).map_err(bad)?;
+                let mut masked: Vec<Option<Vec<u8>>> = Vec::new();
+                for (i, v) in values.iter().enumerate() {
+                    let Some(v) = v else { continue };
+                    let col = self.columns.get(i).copied().unwrap_or(MaskColumn {
+                        plan: gatehouse_masking::ColumnPlan::default(),
+                        binary: false,
+                        type_oid: 0,
+                    });
+                    let out = if !col.binary || SCANNED_BINARY_TYPES.contains(&col.type_oid) {
+                        self.text(col.plan, v)?
+                    } else if col.type_oid == JSONB_OID && v.first() == Some(&1) {
+                        self.text(col.plan, &v[1..])?.map(|o| {
+                            let mut b = vec![1u8];
+                            b.extend_from_slice(&o);
+                            b
+                        })
+                    } else if col.plan.masks_whole_value() {
+                        return Err(SessionError::MaskingFailed(
+                            "a masking rule applies to a binary-format column of a type that cannot hold a replacement"
+                                .into(),
+                        ));
+                    } else {
+                        None
+                    };
+                    if let Some(o) = out {
+                        masked.resize(values.len(), None);
+                        masked[i] = Some(o);
+                    }
+                }
+                if masked.is_empty() {
+                    return Ok(None);
+                }
+                let merged: Vec<Option<&[u8]>> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match masked.get(i) {
+                        Some(Some(m)) => Some(&m[..]),
+                        _ => *v,
+                    })
+                    .collect();
+                let mut b = BytesMut::with_capacity(body.len() + 64);
+                gatehouse_pgwire::encode_data_row(&mut b, &merged);
+                Ok(Some(b))
+            }
+            b'E' | b'N' => {
+                let f = gatehouse_pgwire::decode_error_fields(body).map_err(bad)?;
+                let mut changed = false;
+                let mut fields: Vec<(u8, String)> = Vec::with_capacity(f.all.len());
+                for (t, v) in &f.all {
+                    let m = if PLAIN_ERROR_FIELDS.contains(t) {
+                        None
+                    } else {
+                        self.text_str(v)?
+                    };
+                    changed |= m.is_some();
+                    fields.push((*t, m.unwrap_or_else(|| (*v).to_owned())));
+                }
+                if !changed {
+                    return Ok(None);
+                }
+                let refs: Vec<(u8, &str)> = fields.iter().map(|(t, v)| (*t, v.as_str())).collect();
+                let mut b = BytesMut::new();
+                gatehouse_pgwire::encode_error_fields(&mut b, tag, &refs);
+                Ok(Some(b))
+            }
+            b'A' => {
+                let (pid, channel, payload) =
+                    gatehouse_pgwire::decode_notification(body).map_err(bad)?;
+                let Some(m) = self.text_str(payload)? else {
+                    return Ok(None);
+                };
+                let mut b = BytesMut::new();
+                gatehouse_pgwire::encode_notification(&mut b, pid, channel, &m);
+                Ok(Some(b))
+            }
+            b'H' => {
+                self.copy_binary = body.first() == Some(&1);
+                self.copy_header_seen = false;
+                Ok(None)
+            }
+            b'd' if self.copy_binary => {
+                let Some(data) = self.binary_copy(body)? else {
+                    return Ok(None);
+                };
+                let mut b = BytesMut::with_capacity(data.len() + HEADER_LEN);
+                b.extend_from_slice(b"d");
+                b.extend_from_slice(&((data.len() + 4) as u32).to_be_bytes());
+                b.extend_from_slice(&data);
+                Ok(Some(b))
+            }
+            b'd' => {
+                // Text COPY OUT: one CopyData per row; the line is scanned as one value.
+                let Some(m) = self.text(gatehouse_masking::ColumnPlan::default(), body)? else {
+                    return Ok(None);
+                };
+                let mut b = BytesMut::with_capacity(m.len() + HEADER_LEN);
+                b.extend_from_slice(b"d");
+                b.extend_from_slice(&((m.len() + 4) as u32).to_be_bytes());
+                b.extend_from_slice(&m);
+                Ok(Some(b))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Binary COPY OUT data: the header once, then whole tuples (PostgreSQL sends one tuple
+    /// per CopyData message); every field is scanned as bytes and its length rewritten when
+    /// masked. Anything that does not parse as whole tuples is refused (fail closed).
+    fn binary_copy(&mut self, body: &[u8]) -> Result<Option<Vec<u8>>, SessionError> {
+        const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+        let bad = || SessionError::MaskingFailed("binary COPY data not in whole tuples".into());
+        let mut pos = 0usize;
+        let mut out: Option<Vec<u8>> = None;
+        if !self.copy_header_seen {
+            if !body.starts_with(SIGNATURE) || body.len() < SIGNATURE.len() + 8 {
+                return Err(bad());
+            }
+            let ext = u32::from_be_bytes(
+                body[SIGNATURE.len() + 4..SIGNATURE.len() + 8]
+                    .try_into()
+                    .map_err(|_| bad())?,
+            ) as usize;
+            pos = SIGNATURE.len() + 8 + ext;
+            if pos > body.len() {
+                return Err(bad());
+            }
+            self.copy_header_seen = true;
+        }
+        while pos < body.len() {
+            let n = i16::from_be_bytes(
+                body.get(pos..pos + 2)
+                    .ok_or_else(bad)?
+                    .try_into()
+                    .map_err(|_| bad())?,
+            );
+            let tuple_start = pos;
+            pos += 2;
+            if n == -1 {
+                // Trailer.
+                if let Some(o) = out.as_mut() {
+                    o.extend_from_slice(&body[tuple_start..pos]);
+                }
+                continue;
+            }
+            if let Some(o) = out.as_mut() {
+                o.extend_from_slice(&body[tuple_start..pos]);
+            }
+            for _ in 0..n.max(0) {
+                let len = i32::from_be_bytes(
+                    body.get(pos..pos + 4)
+                        .ok_or_else(bad)?
+                        .try_into()
+                        .map_err(|_| bad())?,
+                );
+                let field_start = pos;
+                pos += 4;
+                if len < 0 {
+                    if let Some(o) = out.as_mut() {
+                        o.extend_from_slice(&body[field_start..pos]);
+                    }
+                    continue;
+                }
+                let v = body.get(pos..pos + len as usize).ok_or_else(bad)?;
+                pos += len as usize;
+                match self.text(gatehouse_masking::ColumnPlan::default(), v)? {
+                    Some(m) => {
+                        let o = out.get_or_insert_with(|| body[..field_start].to_vec());
+                        o.extend_from_slice(&(m.len() as i32).to_be_bytes());
+                        o.extend_from_slice(&m);
+                    }
+                    None => {
+                        if let Some(o) = out.as_mut() {
+                            o.extend_from_slice(&body[field_start..pos]);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `masked: card=2 email=1` for the outcome record, and a fresh count.
+    fn take_note(&mut self) -> Option<String> {
+        if self.counts.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, n)| match k {
+                gatehouse_masking::CountKey::Entity(e) => format!("{}={n}", e.name()),
+                gatehouse_masking::CountKey::Rule(r) => format!("rule:{r}={n}"),
+            })
+            .collect();
+        self.counts = gatehouse_masking::Counts::new();
+        Some(format!("masked: {}", parts.join(" ")))
+    }
+}
+
 async fn upstream_to_client<R, W>(
     gw: &Gateway,
     info: &SessionInfo,
@@ -544,8 +820,15 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut streaming = 0usize;
     let mut done: Vec<Record> = Vec::new();
+    let mut masking = Masking {
+        engine: gw.masking.load_full(),
+        columns: Vec::new(),
+        copy_binary: false,
+        copy_header_seen: false,
+        counts: gatehouse_masking::Counts::new(),
+    };
+    let max_message = masking.max_message();
     loop {
         if buf.capacity() - buf.len() < 8192 {
             buf.reserve(64 * 1024);
@@ -559,34 +842,49 @@ where
         }
         let mut pos = 0usize;
         let mut rows = 0u64;
-        if streaming > 0 {
-            let take = streaming.min(buf.len());
-            pos = take;
-            streaming -= take;
-        }
-        while streaming == 0 {
+        // Set once a message of this read is masked: the bytes to send instead of
+        // `buf[..pos]`, complete up to `copied`.
+        let mut out: Option<BytesMut> = None;
+        let mut copied = 0usize;
+        loop {
             let h = peek_header(&buf[pos..], PQ_LARGE_MESSAGE_LIMIT)
                 .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
             let Some(h) = h else { break };
+            if (h.tag == b'D' || h.tag == b'd') && h.total_len > max_message {
+                // Fail closed: a row that cannot be assembled for masking is not sent.
+                return Err(SessionError::MaskingFailed(format!(
+                    "a {}-byte result message exceeds the masking limit",
+                    h.total_len
+                )));
+            }
             let avail = buf.len() - pos;
             if avail < h.total_len {
-                if h.tag == b'D' || h.tag == b'd' {
-                    rows += u64::from(h.tag == b'D');
-                    streaming = h.total_len - avail;
-                    pos = buf.len();
-                } else {
-                    buf.reserve(h.total_len - avail);
-                }
+                buf.reserve(h.total_len - avail);
                 break;
             }
             let body = &buf[pos + HEADER_LEN..pos + h.total_len];
+            if let Some(replacement) = masking.message(h.tag, body)? {
+                let o = out.get_or_insert_with(BytesMut::new);
+                o.extend_from_slice(&buf[copied..pos]);
+                o.extend_from_slice(&replacement);
+                copied = pos + h.total_len;
+            }
             match h.tag {
                 b'D' => rows += 1,
                 b'C' | b'E' | b'Z' | b'I' | b's' => {
                     let mut s = lock(shared);
                     s.stats.rows += rows;
                     rows = 0;
+                    let before = done.len();
                     outcome(gw, info, &mut s, h.tag, body, &mut done)?;
+                    if done.len() > before {
+                        if let (Some(note), Some(r)) = (masking.take_note(), done.last_mut()) {
+                            r.reason = Some(match r.reason.take() {
+                                Some(prev) => format!("{prev}; {note}"),
+                                None => note,
+                            });
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -601,8 +899,15 @@ where
                 .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?;
         }
         if pos > 0 {
-            wr.write_all(&buf[..pos]).await?;
-            lock(shared).stats.bytes_out += pos as u64;
+            let bytes: &[u8] = match out.as_mut() {
+                Some(o) => {
+                    o.extend_from_slice(&buf[copied..pos]);
+                    o
+                }
+                None => &buf[..pos],
+            };
+            wr.write_all(bytes).await?;
+            lock(shared).stats.bytes_out += bytes.len() as u64;
             buf.advance(pos);
         }
     }

@@ -207,6 +207,7 @@ async fn run(
         Some(
             e @ (SessionError::UpstreamLost
             | SessionError::AuditUnavailable(_)
+            | SessionError::MaskingFailed(_)
             | SessionError::ClientProtocol(_)),
         ) => Err(e),
         Some(e) => {
