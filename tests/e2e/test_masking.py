@@ -161,3 +161,57 @@ def test_unmaskable_value_fails_closed(gatehouse):
         assert c.execute("SELECT 1").fetchone()[0] == 1
     ends = [r for r in gw.audit_json() if r["event"] == "session.end" and r.get("sqlstate") == "54000"]
     assert ends, "the failed session is recorded"
+
+
+PROFILES = """
+[masking]
+
+[[masking_profiles]]
+name = "support-last4"
+groups = ["support"]
+[masking_profiles.masking.entities]
+card = { kind = "partial", keep_last = 4 }
+
+[[masking_profiles]]
+name = "dba-clear-on-test"
+groups = ["dba"]
+tags = { environment = "test" }
+[masking_profiles.masking]
+disabled = ["card", "ssn", "email", "phone", "iban", "ip_address", "aws_key", "private_key", "jwt",
+            "bearer_token", "github_token", "stripe_key", "slack_token", "google_api_key",
+            "openai_key", "assigned_secret"]
+
+[[masking_profiles]]
+name = "dba-elsewhere"
+groups = ["dba"]
+tags = { environment = "production" }
+[masking_profiles.masking]
+"""
+
+
+def test_group_dependent_masking(gatehouse, people):
+    gw = gatehouse(extra_toml=PROFILES)
+    sql = f"SELECT card, email, note FROM {people} WHERE id IN (1, 2) ORDER BY id"
+
+    def fetch(user: str, groups: list[str]):
+        token = gw.token(user, groups=groups)
+        with gw.connect(user, token, autocommit=True) as c:
+            return c.execute(sql).fetchall()
+
+    analyst = fetch("ana", ["analysts"])
+    assert analyst[0][0] == "[REDACTED:CARD]" and analyst[0][1] == "[REDACTED:EMAIL]", analyst
+    support = fetch("sam", ["support"])
+    assert support[0][0].endswith("1111") and "4111 1111" not in support[0][0], support
+    assert support[0][1] == "[REDACTED:EMAIL]"
+    dba = fetch("dora", ["dba"])  # the harness connection is tagged environment=test
+    assert dba[0][0] == CARD and dba[0][1] == EMAIL, dba
+    # Even the DBA never sees a vaulted credential.
+    for rows in (analyst, support, dba):
+        assert CANARY not in rows[1][2] and "REDACTED" in rows[1][2]
+    notes = [r.get("reason") or "" for r in gw.audit_json() if r["event"] == "statement.result"]
+    assert any("(profile support-last4)" in n for n in notes), notes
+    assert any("(profile dba-clear-on-test)" in n and "vaulted_secret=1" in n for n in notes), notes
+    # psql sees the same as psycopg.
+    token = gw.token("sam", groups=["support"])
+    out = gw.psql("sam", token, "-At", "-c", f"SELECT card FROM {people} WHERE id = 1").stdout
+    assert out.strip().endswith("1111") and "4111 1111" not in out, out

@@ -40,6 +40,42 @@ pub struct Config {
     /// In-flight masking (`gatehouse-masking` format). Absent: only vaulted credentials are
     /// masked (that detector can never be switched off).
     pub masking: Option<gatehouse_masking::MaskingConfig>,
+    /// Group- and connection-dependent masking: the first profile whose conditions all hold
+    /// for a session replaces `[masking]` for it.
+    #[serde(default)]
+    pub masking_profiles: Vec<MaskingProfile>,
+}
+
+/// A masking configuration for the sessions it selects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingProfile {
+    pub name: String,
+    /// Any of these groups (empty: any user).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Any of these connections (empty: any connection).
+    #[serde(default)]
+    pub connections: Vec<String>,
+    /// All of these connection tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// The masking configuration (same keys as `[masking]`).
+    pub masking: gatehouse_masking::MaskingConfig,
+}
+
+impl MaskingProfile {
+    /// Whether the profile applies to a session of a user in `groups` on `connection`.
+    pub fn selects(
+        &self,
+        groups: &[String],
+        connection: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> bool {
+        (self.groups.is_empty() || self.groups.iter().any(|g| groups.contains(g)))
+            && (self.connections.is_empty() || self.connections.iter().any(|c| c == connection))
+            && self.tags.iter().all(|(k, v)| tags.get(k) == Some(v))
+    }
 }
 
 /// The guardrail policy (`gatehouse-policy` format). Without a file every statement is
@@ -431,6 +467,18 @@ impl Config {
         }
         if let Some(m) = &self.masking {
             m.validate().map_err(|e| format!("masking: {e}"))?;
+        }
+        let mut profile_names = std::collections::HashSet::new();
+        for p in &self.masking_profiles {
+            if !valid_name(&p.name) || !profile_names.insert(&p.name) {
+                return Err(format!(
+                    "masking_profiles: invalid or duplicate name {:?}",
+                    p.name
+                ));
+            }
+            p.masking
+                .validate()
+                .map_err(|e| format!("masking_profiles {:?}: {e}", p.name))?;
         }
         if self.key_store.tcti.is_empty() {
             return Err("key_store.tcti is empty".into());

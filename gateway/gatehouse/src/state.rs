@@ -27,8 +27,32 @@ pub struct Gateway {
     pub keys: Arc<dyn KeyStore>,
     /// The guardrail policy in force (`None`: no policy configured, everything allowed).
     pub policy: ArcSwap<Option<Arc<Policy>>>,
-    /// The masking engine in force: the configured rules plus every vaulted credential.
-    pub masking: ArcSwap<Engine>,
+    /// The masking engines in force: the configured rules plus every vaulted credential.
+    pub masking: ArcSwap<MaskingSet>,
+}
+
+/// The default masking engine and one per profile.
+#[derive(Debug)]
+pub struct MaskingSet {
+    pub default: Arc<Engine>,
+    pub profiles: Vec<(crate::config::MaskingProfile, Arc<Engine>)>,
+}
+
+impl MaskingSet {
+    /// The engine for a session, and the profile that chose it.
+    pub fn select(
+        &self,
+        groups: &[String],
+        connection: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> (Arc<Engine>, Option<String>) {
+        for (p, e) in &self.profiles {
+            if p.selects(groups, connection, tags) {
+                return (Arc::clone(e), Some(p.name.clone()));
+            }
+        }
+        (Arc::clone(&self.default), None)
+    }
 }
 
 /// Builds the masking engine: the `[masking]` config (or vaulted secrets only) and every
@@ -38,18 +62,7 @@ pub fn build_masking(
     config: &Config,
     vault: &Vault,
     keys: &dyn KeyStore,
-) -> anyhow::Result<Engine> {
-    let cfg = match &config.masking {
-        Some(m) => m.clone(),
-        None => MaskingConfig {
-            disabled: Entity::ALL
-                .iter()
-                .copied()
-                .filter(|e| !matches!(e, Entity::VaultedSecret | Entity::Column))
-                .collect(),
-            ..MaskingConfig::default()
-        },
-    };
+) -> anyhow::Result<MaskingSet> {
     let secrets = vault
         .all_secrets()
         .context("reading the vault for masking")?;
@@ -61,7 +74,32 @@ pub fn build_masking(
     );
     let mut hash_key = [0u8; 32];
     hash_key.copy_from_slice(tag.as_ref());
-    Engine::new(&cfg, &patterns, hash_key).context("building the masking engine")
+    let build = |cfg: &MaskingConfig| {
+        Engine::new(cfg, &patterns, hash_key)
+            .map(Arc::new)
+            .context("building the masking engine")
+    };
+    let default = build(&default_masking(config))?;
+    let mut profiles = Vec::new();
+    for p in &config.masking_profiles {
+        profiles.push((p.clone(), build(&p.masking)?));
+    }
+    Ok(MaskingSet { default, profiles })
+}
+
+/// `[masking]`, or vaulted credentials only.
+fn default_masking(config: &Config) -> MaskingConfig {
+    match &config.masking {
+        Some(m) => m.clone(),
+        None => MaskingConfig {
+            disabled: Entity::ALL
+                .iter()
+                .copied()
+                .filter(|e| !matches!(e, Entity::VaultedSecret | Entity::Column))
+                .collect(),
+            ..MaskingConfig::default()
+        },
+    }
 }
 
 /// Loads and validates the configured policy file (`None` when none is configured).

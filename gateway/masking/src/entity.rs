@@ -39,6 +39,7 @@ pub enum Entity {
     /// Google API key (`AIza…`).
     GoogleApiKey,
     /// OpenAI-style key (`sk-…`, `sk-proj-…`).
+    #[serde(rename = "openai_key")]
     OpenAiKey,
     /// The value assigned to a secret-looking name (`password=…`, `"api_key": "…"`, URL user-info).
     AssignedSecret,
@@ -260,5 +261,22 @@ mod tests {
                 (CountKey::Rule("cards"), 5),
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod serde_name_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// The config name of every entity is the name counts and audit records use.
+    #[test]
+    fn serde_names_are_the_display_names() {
+        for e in Entity::ALL {
+            let json = serde_json::to_string(&e).unwrap();
+            assert_eq!(json, format!("\"{}\"", e.name()));
+            let back: Entity = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, e);
+        }
     }
 }

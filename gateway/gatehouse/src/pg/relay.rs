@@ -233,8 +233,8 @@ pub async fn run(
     let (crd, cwr) = tokio::io::split(client);
     let (urd, uwr) = tokio::io::split(upstream);
     let result = {
-        let c2u = client_to_upstream(gw, info, crd, uwr, leftover, &shared, who);
-        let u2c = upstream_to_client(gw, info, urd, cwr, &shared);
+        let c2u = client_to_upstream(gw, info, crd, uwr, leftover, &shared, who.clone());
+        let u2c = upstream_to_client(gw, info, urd, cwr, &shared, who.clone());
         tokio::pin!(c2u, u2c);
         tokio::select! {
             r = &mut c2u => r,
@@ -550,6 +550,8 @@ struct MaskColumn {
 
 /// In-flight masking of one session's upstream→client stream.
 struct Masking {
+    /// The masking profile that applies to the session (`None`: `[masking]`).
+    profile: Option<String>,
     engine: Arc<gatehouse_masking::Engine>,
     columns: Vec<MaskColumn>,
     copy_binary: bool,
@@ -804,7 +806,10 @@ impl Masking {
             })
             .collect();
         self.counts = gatehouse_masking::Counts::new();
-        Some(format!("masked: {}", parts.join(" ")))
+        Some(match &self.profile {
+            Some(p) => format!("masked: {} (profile {p})", parts.join(" ")),
+            None => format!("masked: {}", parts.join(" ")),
+        })
     }
 }
 
@@ -814,6 +819,7 @@ async fn upstream_to_client<R, W>(
     mut rd: R,
     mut wr: W,
     shared: &Mutex<Shared>,
+    who: Option<Arc<Who>>,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
@@ -821,8 +827,15 @@ where
 {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut done: Vec<Record> = Vec::new();
+    let set = gw.masking.load();
+    let (engine, profile) = match &who {
+        Some(w) => set.select(&w.groups, &w.connection, &w.tags),
+        None => (Arc::clone(&set.default), None),
+    };
+    drop(set);
     let mut masking = Masking {
-        engine: gw.masking.load_full(),
+        profile,
+        engine,
         columns: Vec::new(),
         copy_binary: false,
         copy_header_seen: false,
