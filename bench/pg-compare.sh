@@ -4,8 +4,11 @@
 # Usage: bench/pg-compare.sh [--quick] [--targets LIST] [--workloads LIST] [--duration SECONDS] [--no-bulk] [--keep]
 #
 #   --quick            5 s per measured run instead of 20 s (1 s warm-ups)
-#   --targets LIST     comma-separated subset of: direct,pgbouncer,gatehouse,gatehouse+tls
-#                      (default: all four). Gatehouse is only built/started if a gatehouse target is listed.
+#   --targets LIST     comma-separated subset of: direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask
+#                      (default: all five). gatehouse masks vaulted credentials only (always on);
+#                      gatehouse+mask is the same gateway with every masking detector on (a masking
+#                      profile selected by the token's group). Gatehouse is only built/started if a
+#                      gatehouse target is listed.
 #   --workloads LIST   comma-separated subset of: select-simple,select-extended,select-prepared,tpcb-simple
 #                      (default: all; "none" runs only the bulk fetch)
 #   --duration N       seconds per measured pgbench run (overrides --quick)
@@ -25,7 +28,7 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$BENCH_DIR/.." && pwd)"
 
 QUICK=0
-TARGETS_ARG="direct,pgbouncer,gatehouse,gatehouse+tls"
+TARGETS_ARG="direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask"
 WORKLOADS_ARG="all"
 DURATION=""
 DO_BULK=1
@@ -58,7 +61,7 @@ JOBS="${BENCH_JOBS:-2}"
 BULK_ROWS=1000000
 BULK_REPEAT=3
 
-ALL_TARGETS=(direct pgbouncer gatehouse gatehouse+tls)
+ALL_TARGETS=(direct pgbouncer gatehouse gatehouse+tls gatehouse+mask)
 TARGETS=()
 IFS=',' read -r -a _req <<<"$TARGETS_ARG"
 for t in "${ALL_TARGETS[@]}"; do            # canonical order, so interleaving is stable
@@ -69,7 +72,7 @@ for r in "${_req[@]}"; do
 done
 [[ ${#TARGETS[@]} -gt 0 ]] || { echo "pg-compare: no targets" >&2; exit 2; }
 has_target() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
-NEED_GH=0; { has_target gatehouse || has_target gatehouse+tls; } && NEED_GH=1
+NEED_GH=0; { has_target gatehouse || has_target gatehouse+tls || has_target gatehouse+mask; } && NEED_GH=1
 
 # workload name -> pgbench arguments
 ALL_WORKLOADS=(select-simple select-extended select-prepared tpcb-simple)
@@ -275,6 +278,13 @@ CREATE TABLE t AS
 SELECT g AS id,
        (g::bigint * 7919) % 1000003 AS n,
        'customer number ' || g AS name,
+       'customer' || g || '@example.com' AS email,
+       '+1 415 555 ' || lpad((g % 10000)::text, 4, '0') AS phone,
+       CASE WHEN g % 3 = 0 THEN (ARRAY['4111 1111 1111 1111', '5555 5555 5555 4444', '3782 822463 10005',
+            '6011 1111 1111 1117', '4012888888881881'])[g % 5 + 1] END AS card,
+       lpad(((g % 665) + 1)::text, 3, '0') || '-' || lpad(((g % 98) + 1)::text, 2, '0') || '-'
+           || lpad(((g % 9998) + 1)::text, 4, '0') AS ssn,
+       CASE WHEN g % 7 = 0 THEN (ARRAY['DE89 3704 0044 0532 0130 00', 'GB82 WEST 1234 5698 7654 32'])[g % 2 + 1] END AS iban,
        'lorem ipsum dolor sit amet consectetur adipiscing ' || (g % 97) AS note,
        date '2020-01-01' + (g % 2000) AS day
 FROM generate_series(1, $BULK_ROWS) AS g;
@@ -359,6 +369,13 @@ EOF
 
 [identity.dev_issuer]
 enabled = true
+
+# gatehouse+mask: the same gateway, a token in group "masked" selects full masking (every
+# detector on); plain "gatehouse" masks vaulted credentials only (always on).
+[[masking_profiles]]
+name = "bench-full"
+groups = ["masked"]
+[masking_profiles.masking]
 EOF
         # Extra gatehouse config for experiments (e.g. an [audit] table).
         if [[ -n "${BENCH_GH_EXTRA_TOML:-}" ]]; then printf '\n%s\n' "$BENCH_GH_EXTRA_TOML"; fi
@@ -397,13 +414,18 @@ tls = \"disable\""
     [[ -n "$GH_TOKEN" ]] || GH_TOKEN="$(tr -d '\r' <"$GH_DIR/token.out" | awk 'NF { last = $0 } END { print last }')"
     GH_TOKEN="${GH_TOKEN//[[:space:]]/}"
     [[ -n "$GH_TOKEN" ]] || { cat "$GH_DIR/token.err" >&2; die "gatehouse token printed nothing"; }
+    GH_MASK_TOKEN="$("$GATEHOUSE_BIN" --config "$GH_CFG" token --user bench --groups masked --ttl-seconds 7200 2>>"$GH_DIR/token.err" \
+        | grep -oE 'eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+' | tail -n1)"
+    [[ -n "$GH_MASK_TOKEN" ]] || die "gatehouse token --groups masked printed nothing"
     log "gatehouse: $GH_VERSION, serve on port $GH_PORT$(has_target gatehouse+tls && echo " (tls $GH_TLS_PORT)" || true)"
     "$GATEHOUSE_BIN" --config "$GH_CFG" serve >"$GH_DIR/serve.log" 2>&1 &
     GH_PID=$!
     T_PORT[gatehouse]=$GH_PORT; T_PASS[gatehouse]=$GH_TOKEN; T_SSL[gatehouse]=disable; T_PID[gatehouse]=$GH_PID
     T_PORT[gatehouse+tls]=$GH_TLS_PORT; T_PASS[gatehouse+tls]=$GH_TOKEN; T_SSL[gatehouse+tls]=require
     T_PID[gatehouse+tls]=$GH_PID
-    for t in gatehouse gatehouse+tls; do
+    T_PORT[gatehouse+mask]=$GH_PORT; T_PASS[gatehouse+mask]=$GH_MASK_TOKEN; T_SSL[gatehouse+mask]=disable
+    T_PID[gatehouse+mask]=$GH_PID
+    for t in gatehouse gatehouse+tls gatehouse+mask; do
         has_target "$t" || continue
         kill -0 "$GH_PID" 2>/dev/null || die "gatehouse serve exited"
         wait_ready "$t" 30 || die "gatehouse ($t) not usable"

@@ -5,8 +5,10 @@ SQLDatabase, and a vaulted password stored in a table row — masked always, eve
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -132,7 +134,18 @@ def test_counts_in_audit_and_no_values(masked_gw, people):
     assert note.startswith("masked:"), result
     for part in ("card=1", "email=1", "vaulted_secret=1", "rule:ssn-column=2"):
         assert part in note, note
+    leaks = [r for r in recs if r["event"] == "secret.masked" and r.get("ref_seq") == stmt["seq"]]
+    assert len(leaks) == 1 and leaks[0]["rows"] == 1 and leaks[0]["username"] == "mask-audit", leaks
     gw.stop()
+    # The stopped leak is its own evidence item in exports (SI-4, IR-4) and in the summary.
+    out = gw.root / "evidence"
+    catalog = Path(__file__).resolve().parents[3] / "shared" / "oscal" / "NIST_SP-800-53_rev5_catalog.json"
+    gw.cli("audit", "export", "--out", str(out), "--catalog", str(catalog), timeout=120)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["summary"]["vaulted_secret_hits"] >= 1, manifest["summary"]
+    lines = [json.loads(l) for l in (out / "records.jsonl").read_text().splitlines()]
+    leak = [l for l in lines if l["event"] == "secret.masked"][0]
+    assert {"SI-4", "IR-4"} <= {c.upper() for c in leak["controls"]}, leak
     dump = subprocess.run([gw.bin, "--config", str(gw.config), "audit", "tail", "-n", "100000", "--json"],
                           capture_output=True, text=True, env=gw.env).stdout
     assert CANARY not in dump and EMAIL not in dump and "4111 1111" not in dump

@@ -40,11 +40,15 @@ pub enum EventKind {
     /// A client sent a cancel request.
     #[serde(rename = "cancel")]
     Cancel,
+    /// Vaulted credentials were found in a response and masked: a leak that was stopped
+    /// (`ref_seq` = the statement, `rows` = occurrences). Never carries the value.
+    #[serde(rename = "secret.masked")]
+    SecretMasked,
 }
 
 impl EventKind {
     /// Every variant, in declaration order.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::GatewayStart,
         EventKind::GatewayStop,
         EventKind::ConfigLoaded,
@@ -54,6 +58,7 @@ impl EventKind {
         EventKind::StatementResult,
         EventKind::SessionEnd,
         EventKind::Cancel,
+        EventKind::SecretMasked,
     ];
 
     /// The stored/serialized name, e.g. `"login.success"`.
@@ -68,6 +73,7 @@ impl EventKind {
             EventKind::StatementResult => "statement.result",
             EventKind::SessionEnd => "session.end",
             EventKind::Cancel => "cancel",
+            EventKind::SecretMasked => "secret.masked",
         }
     }
 

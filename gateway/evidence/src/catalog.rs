@@ -73,7 +73,7 @@ fn collect(node: &Value, out: &mut HashMap<String, String>) {
 /// Every control an export reports on, in report order.
 pub const CONTROLS: &[&str] = &[
     "ac-2", "ac-3", "ac-6", "au-2", "au-3", "au-3.1", "au-8", "au-9", "au-10", "au-11", "au-12",
-    "cm-2", "ia-2", "ir-4", "sc-8", "sc-28",
+    "cm-2", "ia-2", "ir-4", "sc-8", "sc-28", "si-4",
 ];
 
 /// Controls that the store as a whole evidences (protection, non-repudiation, retention,
@@ -87,7 +87,8 @@ pub const STORE_CONTROLS: &[&str] = &["au-9", "au-10", "au-11", "sc-28"];
 /// account (AC-2); a statement is access enforcement (AC-3) with the statement text as
 /// additional content (AU-3(1)) relayed over TLS (SC-8); a denied statement is also least
 /// privilege (AC-6) and an incident-handling input (IR-4), as is a failed login; a loaded
-/// configuration is the baseline configuration (CM-2).
+/// configuration is the baseline configuration (CM-2); a vaulted credential masked in a
+/// response is system monitoring (SI-4) and an incident-handling input (IR-4).
 pub fn controls_for(r: &Record) -> Vec<&'static str> {
     let mut c = vec!["au-2", "au-3", "au-8", "au-12"];
     let denied = r.decision == Some(Decision::Deny);
@@ -103,6 +104,9 @@ pub fn controls_for(r: &Record) -> Vec<&'static str> {
         EventKind::StatementResult => c.push("au-3.1"),
         EventKind::SessionEnd => c.push("ac-2"),
         EventKind::ConfigLoaded => c.push("cm-2"),
+        // A vaulted credential stopped on its way out: monitoring (SI-4) and an incident
+        // input (IR-4).
+        EventKind::SecretMasked => c.extend(["si-4", "ir-4"]),
         EventKind::GatewayStart | EventKind::GatewayStop | EventKind::Cancel => {}
     }
     if denied && r.event != EventKind::Statement && !c.contains(&"ac-3") {

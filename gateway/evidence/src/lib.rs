@@ -128,6 +128,9 @@ pub struct ExportSummary {
     /// The key store that sealed the records and signed the export (`tpm2`, or
     /// `software (development only)`: such an export is not production evidence).
     pub key_store: String,
+    /// Vaulted credentials found in responses and masked (leaks stopped), from the
+    /// `secret.masked` records in the range.
+    pub vaulted_secret_hits: u64,
     /// Whether the whole store verified before the export.
     pub verification_ok: bool,
     /// The problems verification found (debug text; no record contents).
@@ -297,6 +300,7 @@ pub fn export(
         last_seq: 0,
         uncovered: 0,
         key_store: keys.backend().to_string(),
+        vaulted_secret_hits: 0,
         verification_ok: verification.is_ok(),
         verification_problems: verification
             .problems
@@ -335,6 +339,9 @@ pub fn export(
         let denied = r.record.decision == Some(gatehouse_audit::Decision::Deny);
         let allowed = r.record.decision == Some(gatehouse_audit::Decision::Allow);
         let failed_login = r.record.event == EventKind::LoginFailure;
+        if r.record.event == EventKind::SecretMasked {
+            summary.vaulted_secret_hits += u64::try_from(r.record.rows.unwrap_or(1)).unwrap_or(0);
+        }
         let mut ids = controls_for(&r.record);
         ids.extend(STORE_CONTROLS.iter().copied());
         for id in ids {

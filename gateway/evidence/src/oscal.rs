@@ -195,6 +195,7 @@ pub fn document(
                 "props": [
                     prop("catalog-version", if catalog.version.is_empty() { "unknown" } else { &catalog.version }),
                     prop("key-store", &summary.key_store),
+                    prop("vaulted-secret-hits", summary.vaulted_secret_hits),
                 ],
                 "roles": [{"id": "assessor", "title": "Automated assessor"}],
                 "parties": [{"uuid": party_uuid, "type": "organization", "name": "Gatehouse gateway"}],

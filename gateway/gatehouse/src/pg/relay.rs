@@ -891,11 +891,23 @@ where
                     let before = done.len();
                     outcome(gw, info, &mut s, h.tag, body, &mut done)?;
                     if done.len() > before {
+                        let hits = masking.counts.vaulted_hits();
                         if let (Some(note), Some(r)) = (masking.take_note(), done.last_mut()) {
                             r.reason = Some(match r.reason.take() {
                                 Some(prev) => format!("{prev}; {note}"),
                                 None => note,
                             });
+                            if hits > 0 {
+                                // A leak that was stopped is its own evidence item.
+                                let mut leak = info.record(gw, EventKind::SecretMasked);
+                                leak.ref_seq = r.ref_seq;
+                                leak.rows = Some(i64::try_from(hits).unwrap_or(i64::MAX));
+                                leak.decision = Some(Decision::Deny);
+                                leak.reason = Some(format!(
+                                    "{hits} occurrence(s) of a vaulted credential masked in the response"
+                                ));
+                                done.push(leak);
+                            }
                         }
                     }
                 }
