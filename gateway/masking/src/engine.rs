@@ -48,6 +48,8 @@ pub struct Engine {
     vault_len: usize,
     key: hmac::Key,
     max_value: usize,
+    /// Some pattern detector is enabled (not only the vault automaton).
+    any_detector: bool,
 }
 
 impl fmt::Debug for Engine {
@@ -122,6 +124,9 @@ impl Engine {
             vault_len: patterns.len(),
             key: hmac::Key::new(hmac::HMAC_SHA256, &hash_key),
             max_value: cfg.max_value_bytes.unwrap_or(DEFAULT_MAX_VALUE_BYTES),
+            any_detector: Entity::ALL.iter().any(|e| {
+                !matches!(e, Entity::VaultedSecret | Entity::Column) && enabled[e.index()]
+            }),
         })
     }
 
@@ -214,7 +219,8 @@ impl Engine {
     }
 
     fn find_into(&self, plan: ColumnPlan, value: &[u8], out: &mut Vec<Finding>) {
-        if detect::prefilter(value) {
+        // With every detector off (a vaulted-credentials-only engine) only the automaton runs.
+        if self.any_detector && detect::prefilter(value) {
             let opts = ScanOptions {
                 plain_ssn: plan.plain_ssn,
                 ..self.opts
@@ -295,6 +301,32 @@ mod tests {
 
     fn mask(e: &Engine, col: Option<&str>, v: &str, c: &mut Counts) -> String {
         String::from_utf8(e.mask(col, v.as_bytes(), c).unwrap().into_owned()).unwrap()
+    }
+
+    #[test]
+    fn vault_only_engine_masks_only_vaulted_secrets_and_rules() {
+        let cfg = MaskingConfig {
+            disabled: Entity::ALL
+                .iter()
+                .copied()
+                .filter(|e| !matches!(e, Entity::VaultedSecret | Entity::Column))
+                .collect(),
+            rules: vec![ColumnRule {
+                name: "ssn".into(),
+                columns: vec!["ssn".into()],
+                strategy: Strategy::Redact { replacement: None },
+            }],
+            ..MaskingConfig::default()
+        };
+        let e = engine(&cfg, &[b"Sup3rS3cret!"]);
+        assert!(!e.any_detector);
+        let mut c = Counts::new();
+        let v = "mail a@b.example, card 4111 1111 1111 1111, pw Sup3rS3cret!";
+        let out = mask(&e, None, v, &mut c);
+        assert!(out.contains("a@b.example") && out.contains("4111 1111 1111 1111"));
+        assert!(!out.contains("Sup3rS3cret!"), "{out}");
+        assert_eq!(c.vaulted_hits(), 1);
+        assert_ne!(mask(&e, Some("ssn"), "078-05-1120", &mut c), "078-05-1120");
     }
 
     #[test]
