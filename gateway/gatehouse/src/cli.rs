@@ -296,6 +296,14 @@ pub enum AuditCommand {
         #[arg(long)]
         catalog: Option<PathBuf>,
     },
+    /// Delete records older than the retention period (`audit.retention_seconds`), keeping
+    /// what checkpoints and proofs need so that the rest still verifies. The gateway also
+    /// does this every hour. A cut-off inside the retention period is refused.
+    Prune {
+        /// Delete records before this time (RFC 3339 UTC). Default: now − retention.
+        #[arg(long)]
+        before: Option<String>,
+    },
     /// Check an export directory offline: the manifest signature, every file's hash, the
     /// embedded checkpoint's signature. Exits 1 when anything is wrong.
     VerifyExport {
@@ -356,6 +364,28 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
             out,
             catalog,
         } => audit_export(cfg, from.as_deref(), to.as_deref(), out, catalog),
+        AuditCommand::Prune { before } => {
+            let now = state::now_us();
+            let retention = Duration::from_secs(cfg.audit.retention_seconds);
+            let before_us = match before {
+                Some(b) => gatehouse_audit::parse_rfc3339_us(&b)
+                    .ok_or_else(|| anyhow::anyhow!("{b:?} is not an RFC 3339 UTC time"))?,
+                None => now - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX),
+            };
+            let keys = state::open_keys(cfg)?;
+            let r = gatehouse_audit::prune(
+                &cfg.audit_path(),
+                keys.as_ref(),
+                before_us,
+                retention,
+                now,
+            )?;
+            println!(
+                "pruned {} records; the store now starts at record {} ({} leaf hashes kept for proofs); prune checkpoint over {} records",
+                r.deleted, r.first_seq, r.kept_leaves, r.checkpoint.size
+            );
+            Ok(())
+        }
         AuditCommand::VerifyExport { dir, trusted_key } => {
             let trusted = match trusted_key {
                 Some(t) => gatehouse_audit::PublicKey::from_text(t.trim())

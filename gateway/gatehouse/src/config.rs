@@ -264,6 +264,9 @@ pub struct AuditConfig {
     /// The NIST SP 800-53 Rev 5 OSCAL catalog that exports take control titles from.
     #[serde(default = "default_catalog")]
     pub catalog: PathBuf,
+    /// Records younger than this are never deleted (AU-11); older ones are pruned hourly.
+    #[serde(default = "default_retention_seconds")]
+    pub retention_seconds: u64,
 }
 
 impl Default for AuditConfig {
@@ -275,8 +278,13 @@ impl Default for AuditConfig {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval_seconds: default_checkpoint_interval_seconds(),
             catalog: default_catalog(),
+            retention_seconds: default_retention_seconds(),
         }
     }
+}
+
+fn default_retention_seconds() -> u64 {
+    365 * 24 * 3600
 }
 
 fn default_catalog() -> PathBuf {
@@ -458,6 +466,9 @@ impl Config {
         }
         if !(1..=1000).contains(&self.audit.sync_window_ms) {
             return Err("audit.sync_window_ms must be 1-1000".into());
+        }
+        if self.audit.retention_seconds == 0 {
+            return Err("audit.retention_seconds must be at least 1".into());
         }
         if self.audit.checkpoint_every == 0 {
             return Err("audit.checkpoint_every must be at least 1".into());

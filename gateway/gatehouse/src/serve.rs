@@ -153,6 +153,7 @@ pub async fn run(
     }
     let reload = tokio::spawn(reload_on_hup(gw.clone()));
     let on_demand = tokio::spawn(checkpoint_on_usr1(gw.clone()));
+    let retention = tokio::spawn(prune_hourly(gw.clone()));
     shutdown.await;
     tracing::info!("shutting down");
     for t in tasks {
@@ -160,6 +161,7 @@ pub async fn run(
     }
     reload.abort();
     on_demand.abort();
+    retention.abort();
     let stop = gw.record(EventKind::GatewayStop);
     if let Err(e) = gw.audit.append(stop).await {
         tracing::error!(error = %e, "could not record the stop");
@@ -208,6 +210,42 @@ fn policy_note(gw: &Gateway) -> String {
     match policy.as_ref() {
         Some(p) => format!("policy version {} sha256 {}", p.version(), p.hash()),
         None => "no policy configured: every statement is allowed and recorded".into(),
+    }
+}
+
+/// Retention (AU-11): every hour, records older than `audit.retention_seconds` are pruned
+/// (whole Merkle chunks, checkpointed records only; see `gatehouse_audit::prune`).
+async fn prune_hourly(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let g = gw.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let cfg = g.config.load();
+            let retention = std::time::Duration::from_secs(cfg.config.audit.retention_seconds);
+            let now = crate::state::now_us();
+            let before = now - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+            gatehouse_audit::prune(
+                &cfg.config.audit_path(),
+                g.keys.as_ref(),
+                before,
+                retention,
+                now,
+            )
+        })
+        .await;
+        match r {
+            Ok(Ok(report)) => tracing::info!(
+                deleted = report.deleted,
+                first_seq = report.first_seq,
+                "audit retention: records pruned"
+            ),
+            Ok(Err(gatehouse_audit::AuditError::Retention(why))) => {
+                tracing::debug!(why, "audit retention: nothing to prune")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "audit retention: prune failed"),
+            Err(e) => tracing::error!(error = %e, "audit retention: prune task failed"),
+        }
     }
 }
 
