@@ -87,6 +87,11 @@ pub(super) fn ipv6_at(s: &[u8], i: usize, o: &ScanOptions) -> Option<Finding> {
     if !o.on(Entity::IpAddress) {
         return None;
     }
+    // Every IPv6 form has a ':' within its first five bytes (at most four hex digits, then
+    // ':'); most digit runs (dates, numbers) are rejected here without a walk.
+    if !s[i..s.len().min(i + 5)].contains(&b':') {
+        return None;
+    }
     let mut p = i;
     while p - i <= IPV6_MAX && (hex(at(s, p)) || at(s, p) == b':') {
         p += 1;
