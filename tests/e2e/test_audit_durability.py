@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import subprocess
 import time
 
-from harness import wait_for
+import psycopg
+import pytest
+
+from harness import Gatehouse, sql_error_state, wait_for
 
 
 def _verify(gw) -> dict:
@@ -78,3 +83,77 @@ def test_retention_prunes_only_old_checkpointed_records(gatehouse, tmp_path):
     assert gw.stop() == 0
     assert _verify(gw)["ok"]
     wait_for(lambda: not gw.alive(), timeout=5, what="gateway stopped")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs for the gateway's data dir (the tests run as root, as CI does)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"cannot mount a tmpfs for the disk-full test: {r.stderr}"
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_fails_closed_and_recovers(small_disk, pg, oidc):
+    gw = Gatehouse(small_disk / "gh", pg, oidc)
+    gw.start()
+    table = f"full_{secrets.token_hex(4)}"
+    with pg.owner_connect() as c:
+        c.execute("SET ROLE gh_app")
+        c.execute(f"CREATE TABLE {table} (v text)")
+    token = gw.token("full-user")
+    try:
+        with gw.connect("full-user", token, autocommit=True) as c:
+            c.execute(f"INSERT INTO {table} VALUES ('before')")
+        live = gw.connect("full-user", token, autocommit=True)
+        # Fill the disk.
+        filler = small_disk / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        refused = None
+        with live as c:
+            for i in range(2000):
+                try:
+                    c.execute(f"INSERT INTO {table} VALUES ('during-{i}')")
+                except psycopg.Error as e:
+                    refused = (i, e)
+                    break
+        assert refused is not None, "statements kept running with the audit store full"
+        # A new login cannot be recorded either: refused the same way.
+        with pytest.raises(psycopg.OperationalError) as ei:
+            gw.connect("full-user", token, autocommit=True)
+        assert "audit store unavailable" in str(ei.value)
+        i, e = refused
+        assert sql_error_state(e) == "58030", e
+        assert "audit store unavailable" in str(e)
+        # The refused statement never reached the database.
+        with pg.owner_connect() as c:
+            rows = {r[0] for r in c.execute(f"SELECT v FROM {table}")}
+        assert f"during-{i}" not in rows and "before" in rows
+        assert "audit" in gw.log_text() and "failed" in gw.log_text()
+        # Space back: the store recovers without a restart, and nothing was lost.
+        filler.unlink()
+        with gw.connect("full-user", token, autocommit=True) as c:
+            c.execute(f"INSERT INTO {table} VALUES ('after')")
+        assert gw.stop() == 0
+        v = _verify(gw)
+        assert v["_rc"] == 0 and v["ok"], v
+        stmts = [r.get("statement") or "" for r in gw.audit_json() if r["event"] == "statement"]
+        assert any("'before'" in s for s in stmts) and any("'after'" in s for s in stmts)
+        # Every statement that reached the database has its record.
+        with pg.owner_connect() as c:
+            rows = [r[0] for r in c.execute(f"SELECT v FROM {table}")]
+        for v_ in rows:
+            assert any(f"'{v_}'" in s for s in stmts), v_
+    finally:
+        gw.stop()
+        with pg.owner_connect() as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")
