@@ -928,3 +928,147 @@ pub fn status(config: &Path, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Approval requests (pending by default).
+    List {
+        /// Every request, not only pending ones.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request. The approver is the holder of `--token` (an OIDC token Gatehouse
+    /// accepts); they must be in one of the request's approver groups and not its requester.
+    Approve {
+        id: String,
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        comment: Option<String>,
+        /// How long the approval may be used (default 15 minutes, at most 24 hours).
+        #[arg(long)]
+        minutes: Option<u64>,
+    },
+    /// Deny a request (one deny decides it).
+    Deny {
+        id: String,
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+fn request_json(r: &gatehouse_approvals::Request) -> serde_json::Value {
+    let t = |t: SystemTime| {
+        let us = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        gatehouse_audit::format_rfc3339_us(us)
+    };
+    serde_json::json!({
+        "id": r.id.to_string(),
+        "status": r.status.as_str(),
+        "mode": r.mode.as_str(),
+        "requester": r.requester,
+        "requester_groups": r.requester_groups,
+        "connection": r.connection,
+        "statement": r.statement,
+        "statement_sha256": r.statement_sha256,
+        "rule": r.rule,
+        "reason": r.reason,
+        "approvers": r.approvers,
+        "min_approvals": r.min_approvals,
+        "approvals": r.approvals(),
+        "created_at": t(r.created_at),
+        "expires_at": t(r.expires_at),
+        "approved_until": r.approved_until.map(t),
+        "votes": r.votes.iter().map(|v| serde_json::json!({
+            "approver": v.approver,
+            "approver_groups": v.approver_groups,
+            "verdict": v.verdict.as_str(),
+            "comment": v.comment,
+            "at": t(v.at),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::load(config)?;
+    let cfg = &loaded.config;
+    let store = state::open_approvals(cfg)?;
+    let now = SystemTime::now();
+    store.expire(now)?;
+    let decide = |id: &str, token: &str, verdict, comment: Option<String>, minutes: Option<u64>| {
+        let verifier = state::build_verifier(cfg)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let who = rt
+            .block_on(verifier.verify(token.trim(), now))
+            .map_err(|e| anyhow::anyhow!("approver token rejected: {}", e.reason()))?;
+        let id: gatehouse_approvals::RequestId = id.parse()?;
+        let r = store.decide(
+            &id,
+            gatehouse_approvals::Decide {
+                approver: &who.username,
+                approver_groups: &who.groups,
+                verdict,
+                comment: comment.as_deref(),
+                approved_for: minutes.map(|m| Duration::from_secs(m * 60)),
+                now,
+            },
+        )?;
+        println!("{}", request_json(&r));
+        anyhow::Ok(())
+    };
+    match cmd {
+        ApprovalsCommand::List { all, json } => {
+            let filter = if all {
+                gatehouse_approvals::RequestFilter::All
+            } else {
+                gatehouse_approvals::RequestFilter::Pending
+            };
+            for r in store.list(filter, 1000)? {
+                if json {
+                    println!("{}", request_json(&r));
+                } else {
+                    println!(
+                        "{} {:<8} {} on {} by {} ({}): {}",
+                        r.id,
+                        r.status.as_str(),
+                        r.rule,
+                        r.connection,
+                        r.requester,
+                        r.approvers.join("|"),
+                        r.statement
+                    );
+                }
+            }
+            Ok(())
+        }
+        ApprovalsCommand::Approve {
+            id,
+            token,
+            comment,
+            minutes,
+        } => decide(
+            &id,
+            &token,
+            gatehouse_approvals::Verdict::Approve,
+            comment,
+            minutes,
+        ),
+        ApprovalsCommand::Deny { id, token, comment } => decide(
+            &id,
+            &token,
+            gatehouse_approvals::Verdict::Deny,
+            comment,
+            None,
+        ),
+    }
+}

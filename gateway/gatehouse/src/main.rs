@@ -50,6 +50,9 @@ enum Command {
     /// Key store and board: provision, status, rotation, sealed TLS keys.
     #[command(subcommand)]
     Board(cli::BoardCommand),
+    /// Just-in-time approvals: list, approve, deny.
+    #[command(subcommand)]
+    Approvals(cli::ApprovalsCommand),
     /// Is the gateway running, which key store, audit durability and checkpoint coverage.
     Status {
         #[arg(long)]
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => cli::config(&cli.config, cmd),
         Command::Board(cmd) => cli::board(&cli.config, cmd),
         Command::Status { json } => cli::status(&cli.config, json),
+        Command::Approvals(cmd) => cli::approvals(&cli.config, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

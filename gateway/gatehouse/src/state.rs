@@ -29,6 +29,14 @@ pub struct Gateway {
     pub policy: ArcSwap<Option<Arc<Policy>>>,
     /// The masking engines in force: the configured rules plus every vaulted credential.
     pub masking: ArcSwap<MaskingSet>,
+    /// Just-in-time approval requests and their decisions (shared with the CLI).
+    pub approvals: gatehouse_approvals::ApprovalStore,
+}
+
+/// Opens the approvals store in the data dir.
+pub fn open_approvals(config: &Config) -> anyhow::Result<gatehouse_approvals::ApprovalStore> {
+    gatehouse_approvals::ApprovalStore::open(config.gateway.data_dir.join("approvals.db"))
+        .context("opening the approvals store")
 }
 
 /// The default masking engine and one per profile.
@@ -128,6 +136,7 @@ impl Gateway {
         let verifier = build_verifier(config)?;
         let policy = load_policy(config)?;
         let masking = build_masking(config, &vault, keys.as_ref())?;
+        let approvals = open_approvals(config)?;
         let opts = StoreOptions {
             synchronous: match config.audit.synchronous {
                 AuditSynchronous::Normal => Synchronous::Normal,
@@ -152,6 +161,7 @@ impl Gateway {
             keys,
             policy: ArcSwap::from_pointee(policy),
             masking: ArcSwap::from_pointee(masking),
+            approvals,
         })
     }
 

@@ -177,19 +177,105 @@ impl ClientState {
                 rule,
                 reason,
                 approvers,
-                ..
-            } => Verdict::Refuse {
-                decision: Decision::Deny,
-                note: format!("{rule}: {reason} (approval required; refused)"),
-                message: format!(
-                    "gatehouse: statement needs approval by {} under {rule}: {reason}; \
-                     just-in-time approval is not available on this gateway yet, so it is refused",
+                min_approvals,
+                mode,
+            } => self.ticket(gw, sql, &rule, &reason, approvers, min_approvals, &mode),
+        }
+    }
+
+    /// Just-in-time approval, ticket mode: an approved, unused ticket for exactly this text
+    /// lets it pass once; otherwise the statement is refused naming the (new or pending)
+    /// request. Hold-mode rules are handled as tickets for now. Fail closed: if the
+    /// approvals store cannot be used, the statement is refused.
+    #[allow(clippy::too_many_arguments)]
+    fn ticket(
+        &mut self,
+        gw: &Gateway,
+        sql: &str,
+        rule: &gatehouse_policy::RuleId,
+        reason: &str,
+        approvers: Vec<String>,
+        min_approvals: u32,
+        mode: &gatehouse_policy::ApprovalMode,
+    ) -> Verdict {
+        let Some(who) = self.who.clone() else {
+            return Verdict::Allow { note: None };
+        };
+        let now = std::time::SystemTime::now();
+        let refuse = |note: String, message: String| Verdict::Refuse {
+            decision: Decision::Deny,
+            note,
+            message,
+        };
+        let store = &gw.approvals;
+        match store.consume_ticket(&who.user, &who.connection, sql, now) {
+            Ok(Some(req)) => {
+                if let Ok(parts) = &gatehouse_sql::classify(sql) {
+                    self.sql_prepared.observe(parts);
+                }
+                return Verdict::Allow {
+                    note: Some(format!("allowed by approval {} for {rule}", req.id)),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "approvals store unavailable");
+                return refuse(
+                    format!("{rule}: approval store unavailable"),
+                    format!("gatehouse: statement needs approval under {rule}, and the approvals store is unavailable; refused"),
+                );
+            }
+        }
+        let existing = store.pending_for(&who.user, &who.connection, sql, now);
+        let req = match existing {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => {
+                let ttl = match mode {
+                    gatehouse_policy::ApprovalMode::Hold { timeout } => {
+                        (*timeout).max(APPROVAL_REQUEST_TTL)
+                    }
+                    gatehouse_policy::ApprovalMode::Ticket => APPROVAL_REQUEST_TTL,
+                };
+                store.create_request(gatehouse_approvals::NewRequest {
+                    requester: who.user.clone(),
+                    requester_groups: who.groups.clone(),
+                    connection: who.connection.clone(),
+                    statement: sql.to_owned(),
+                    rule: rule.as_str().to_owned(),
+                    reason: reason.to_owned(),
+                    approvers: approvers.clone(),
+                    min_approvals: min_approvals.max(1),
+                    mode: gatehouse_approvals::RequestMode::Ticket,
+                    expires_at: now + ttl,
+                    now,
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match req {
+            Ok(r) => refuse(
+                format!("{rule}: {reason} (approval {} pending)", r.id),
+                format!(
+                    "gatehouse: statement needs approval under {rule}: {reason}. Approval request {} \
+                     is waiting for {} of group {}; run the identical statement again once approved",
+                    r.id,
+                    r.min_approvals,
                     approvers.join(" or ")
                 ),
-            },
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "could not create an approval request");
+                refuse(
+                    format!("{rule}: approval request could not be created"),
+                    format!("gatehouse: statement needs approval under {rule}; the request could not be created; refused"),
+                )
+            }
         }
     }
 }
+
+/// How long an approval request waits for a decision.
+const APPROVAL_REQUEST_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// SQL that makes PostgreSQL raise `message` with SQLSTATE 42501 (insufficient privilege).
 /// The text is kept to printable characters without backslashes or `$`, quoted as a
