@@ -98,3 +98,119 @@ def test_ticket_approval_lets_the_identical_statement_pass_once(gatehouse, pg, t
     finally:
         with pg.owner_connect() as c:
             c.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+HOLD_POLICY = """
+version = "e2e-hold-1"
+default = "allow"
+
+[[rules]]
+name = "orders-writes-held"
+action = "require_approval"
+reason = "writes to orders wait for a DBA"
+writes_to = ["{orders}"]
+
+[rules.approval]
+approvers = ["dba"]
+mode = "hold"
+hold_timeout_seconds = 30
+
+[[rules]]
+name = "audit-writes-held-briefly"
+action = "require_approval"
+reason = "writes to the short table wait two seconds at most"
+writes_to = ["{short}"]
+
+[rules.approval]
+approvers = ["dba"]
+mode = "hold"
+hold_timeout_seconds = 2
+"""
+
+
+def _wait_pending(gw, statement: str, timeout: float = 15.0) -> str:
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for line in gw.cli("approvals", "list", "--json").stdout.splitlines():
+            r = json.loads(line)
+            if r["statement"] == statement and r["mode"] == "hold":
+                return r["id"]
+        time.sleep(0.1)
+    raise AssertionError(f"no held request for {statement!r}")
+
+
+def test_hold_mode_with_a_langchain_agent(gatehouse, pg, tmp_path):
+    import threading
+
+    from langchain_community.utilities import SQLDatabase
+
+    orders, short = f"orders_{secrets.token_hex(4)}", f"short_{secrets.token_hex(4)}"
+    with pg.owner_connect() as c:
+        c.execute("SET ROLE gh_app")
+        c.execute(f"CREATE TABLE {orders} (id int, item text)")
+        c.execute(f"CREATE TABLE {short} (id int)")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(HOLD_POLICY.replace("{orders}", orders).replace("{short}", short))
+    gw = gatehouse(extra_toml=f'\n[policy]\npath = "{policy}"\n')
+    agent = gw.token("agent-1", groups=["agents"])
+    bob = gw.token("bob-dba", groups=["dba"])
+    db = SQLDatabase.from_uri(gw.url("agent-1", agent), include_tables=[orders],
+                              sample_rows_in_table_info=0)
+    results: dict[str, object] = {}
+
+    def run(key: str, sql: str) -> None:
+        try:
+            results[key] = db.run(sql)
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            results[key] = e
+
+    try:
+        # Approved: the INSERT waits on the session, then runs.
+        insert = f"INSERT INTO {orders} VALUES (1, 'widget')"
+        t = threading.Thread(target=run, args=("approved", insert))
+        t.start()
+        rid = _wait_pending(gw, insert)
+        assert t.is_alive(), "the statement must be held, not answered"
+        with pg.owner_connect() as c:
+            assert c.execute(f"SELECT count(*) FROM {orders}").fetchone()[0] == 0
+        gw.cli("approvals", "approve", rid, "--token", bob)
+        t.join(timeout=20)
+        assert not t.is_alive() and not isinstance(results["approved"], Exception), results
+        with pg.owner_connect() as c:
+            assert c.execute(f"SELECT item FROM {orders}").fetchall() == [("widget",)]
+
+        # Denied: the agent gets 42501 and nothing happens.
+        insert2 = f"INSERT INTO {orders} VALUES (2, 'gadget')"
+        t = threading.Thread(target=run, args=("denied", insert2))
+        t.start()
+        rid2 = _wait_pending(gw, insert2)
+        p = gw.cli("approvals", "approve", rid2, "--token", agent, check=False)
+        assert p.returncode != 0  # the agent cannot approve its own statement
+        gw.cli("approvals", "deny", rid2, "--token", bob, "--comment", "no")
+        t.join(timeout=20)
+        denied = results["denied"]
+        assert isinstance(denied, Exception) and "not approved" in str(denied), denied
+
+        # Nobody decides: the hold times out and the statement fails.
+        db_short = SQLDatabase.from_uri(gw.url("agent-1", agent), include_tables=[short],
+                                        sample_rows_in_table_info=0)
+        with pytest.raises(Exception) as ei:
+            db_short.run(f"INSERT INTO {short} VALUES (1)")
+        assert "not approved" in str(ei.value), ei.value
+        with pg.owner_connect() as c:
+            assert c.execute(f"SELECT count(*) FROM {orders}").fetchone()[0] == 1
+            assert c.execute(f"SELECT count(*) FROM {short}").fetchone()[0] == 0
+
+        # All of it is in the audit trail.
+        recs = [r for r in gw.audit_json() if r["event"] == "statement" and r.get("username") == "agent-1"]
+        by_stmt = {r["statement"]: r for r in recs if r.get("statement") in (insert, insert2)}
+        assert by_stmt[insert]["decision"] == "allow" and rid in by_stmt[insert]["reason"]
+        assert by_stmt[insert2]["decision"] == "deny" and "denied" in by_stmt[insert2]["reason"]
+        statuses = {json.loads(l)["id"]: json.loads(l)["status"]
+                    for l in gw.cli("approvals", "list", "--all", "--json").stdout.splitlines()}
+        assert statuses[rid] == "executed" and statuses[rid2] == "denied", statuses
+    finally:
+        with pg.owner_connect() as c:
+            c.execute(f"DROP TABLE IF EXISTS {orders}")
+            c.execute(f"DROP TABLE IF EXISTS {short}")

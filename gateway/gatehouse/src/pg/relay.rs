@@ -129,6 +129,61 @@ enum Verdict {
         note: String,
         message: String,
     },
+    /// Hold the statement until request `id` is decided or `timeout` passes; then forward it
+    /// (approved) or the refusal.
+    Hold {
+        id: gatehouse_approvals::RequestId,
+        timeout: std::time::Duration,
+        note: String,
+        message: String,
+    },
+}
+
+/// A message to forward instead of the client's, possibly only after a held approval.
+#[derive(Debug)]
+struct Rewrite {
+    /// The refusal (or re-encoded) message.
+    bytes: BytesMut,
+    /// Hold: forward the original message instead if this request is approved in time.
+    hold: Option<(gatehouse_approvals::RequestId, std::time::Duration)>,
+}
+
+impl Rewrite {
+    fn now(bytes: BytesMut) -> Rewrite {
+        Rewrite { bytes, hold: None }
+    }
+}
+
+/// Waits for a held request's decision; `true` when it was approved (and is now marked
+/// executed), `false` when denied, expired, timed out or the store failed (fail closed).
+async fn await_approval(
+    gw: &Gateway,
+    id: &gatehouse_approvals::RequestId,
+    timeout: std::time::Duration,
+) -> (bool, &'static str) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let now = std::time::SystemTime::now();
+        match gw.approvals.get(id) {
+            Ok(Some(r)) if r.may_run(now) => {
+                return match gw.approvals.mark_executed(id, now) {
+                    Ok(_) => (true, "approved"),
+                    Err(_) => (false, "approval could not be used"),
+                };
+            }
+            Ok(Some(r)) => match r.status {
+                gatehouse_approvals::RequestStatus::Denied => return (false, "denied"),
+                gatehouse_approvals::RequestStatus::Pending => {}
+                _ => return (false, "expired"),
+            },
+            Ok(None) | Err(_) => return (false, "approval store unavailable"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = gw.approvals.expire(std::time::SystemTime::now() + timeout);
+            return (false, "not decided in time");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 impl ClientState {
@@ -183,10 +238,10 @@ impl ClientState {
         }
     }
 
-    /// Just-in-time approval, ticket mode: an approved, unused ticket for exactly this text
-    /// lets it pass once; otherwise the statement is refused naming the (new or pending)
-    /// request. Hold-mode rules are handled as tickets for now. Fail closed: if the
-    /// approvals store cannot be used, the statement is refused.
+    /// Just-in-time approval. An approved, unused ticket for exactly this text lets it pass
+    /// once. Otherwise, hold mode creates a request and holds the statement (see
+    /// [`await_approval`]); ticket mode refuses it naming the (new or pending) request. Fail
+    /// closed: if the approvals store cannot be used, the statement is refused.
     #[allow(clippy::too_many_arguments)]
     fn ticket(
         &mut self,
@@ -236,6 +291,39 @@ impl ClientState {
                     }
                     gatehouse_policy::ApprovalMode::Ticket => APPROVAL_REQUEST_TTL,
                 };
+                if let gatehouse_policy::ApprovalMode::Hold { timeout } = mode {
+                    let created = store.create_request(gatehouse_approvals::NewRequest {
+                        requester: who.user.clone(),
+                        requester_groups: who.groups.clone(),
+                        connection: who.connection.clone(),
+                        statement: sql.to_owned(),
+                        rule: rule.as_str().to_owned(),
+                        reason: reason.to_owned(),
+                        approvers: approvers.clone(),
+                        min_approvals: min_approvals.max(1),
+                        mode: gatehouse_approvals::RequestMode::Hold,
+                        expires_at: now + *timeout,
+                        now,
+                    });
+                    return match created {
+                        Ok(r) => Verdict::Hold {
+                            id: r.id.clone(),
+                            timeout: *timeout,
+                            note: format!("{rule}: {reason} (held for approval {})", r.id),
+                            message: format!(
+                                "gatehouse: statement was held for approval {} under {rule}: {reason}; it was not approved",
+                                r.id
+                            ),
+                        },
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not create an approval request");
+                            refuse(
+                                format!("{rule}: approval request could not be created"),
+                                format!("gatehouse: statement needs approval under {rule}; the request could not be created; refused"),
+                            )
+                        }
+                    };
+                }
                 store.create_request(gatehouse_approvals::NewRequest {
                     requester: who.user.clone(),
                     requester_groups: who.groups.clone(),
@@ -399,13 +487,32 @@ where
                 tag: h.tag,
                 body: &buf[pos + HEADER_LEN..pos + h.total_len],
             };
-            if let Some(replacement) =
-                inspect(&mut st, gw, info, frame, &mut records, &mut pending)?
-            {
-                let o = out.get_or_insert_with(BytesMut::new);
-                o.extend_from_slice(&buf[copied..pos]);
-                o.extend_from_slice(&replacement);
-                copied = pos + h.total_len;
+            if let Some(rewrite) = inspect(&mut st, gw, info, frame, &mut records, &mut pending)? {
+                let approved = match &rewrite.hold {
+                    None => false,
+                    Some((id, timeout)) => {
+                        // Nothing of this read is forwarded while the statement is held.
+                        let (ok, why) = await_approval(gw, id, *timeout).await;
+                        if let Some(r) = records.last_mut() {
+                            if ok {
+                                r.decision = Some(Decision::Allow);
+                                r.reason = Some(format!("allowed by approval {id} (held)"));
+                            } else {
+                                r.reason = Some(format!(
+                                    "{} — {why}",
+                                    r.reason.take().unwrap_or_default()
+                                ));
+                            }
+                        }
+                        ok
+                    }
+                };
+                if !approved {
+                    let o = out.get_or_insert_with(BytesMut::new);
+                    o.extend_from_slice(&buf[copied..pos]);
+                    o.extend_from_slice(&rewrite.bytes);
+                    copied = pos + h.total_len;
+                }
             }
             pos += h.total_len;
             if h.tag == b'X' {
@@ -476,7 +583,7 @@ fn inspect(
     frame: Frame<'_>,
     records: &mut Vec<Record>,
     pending: &mut Vec<(Kind, Option<usize>)>,
-) -> Result<Option<BytesMut>, SessionError> {
+) -> Result<Option<Rewrite>, SessionError> {
     match FrontendMessage::decode(frame)? {
         FrontendMessage::Query { sql } => {
             let mut r = statement_record(gw, info, "simple");
@@ -495,7 +602,22 @@ fn inspect(
                     r.reason = Some(note);
                     let mut b = BytesMut::new();
                     gatehouse_pgwire::encode_query(&mut b, &refusal_sql(&message));
-                    Some(b)
+                    Some(Rewrite::now(b))
+                }
+                Verdict::Hold {
+                    id,
+                    timeout,
+                    note,
+                    message,
+                } => {
+                    r.decision = Some(Decision::Deny);
+                    r.reason = Some(note);
+                    let mut b = BytesMut::new();
+                    gatehouse_pgwire::encode_query(&mut b, &refusal_sql(&message));
+                    Some(Rewrite {
+                        bytes: b,
+                        hold: Some((id, timeout)),
+                    })
                 }
             };
             pending.push((Kind::Simple, Some(records.len())));
@@ -516,7 +638,17 @@ fn inspect(
                 } => {
                     let mut b = BytesMut::new();
                     gatehouse_pgwire::encode_parse(&mut b, statement, &refusal_sql(&message), &[]);
-                    (Some(Arc::new((decision, note))), Some(b))
+                    (Some(Arc::new((decision, note))), Some(Rewrite::now(b)))
+                }
+                // Holding the extended protocol would hold Bind/Execute too; a held rule on
+                // a prepared statement is refused like a ticket (retry after approval).
+                Verdict::Hold { note, message, .. } => {
+                    let mut b = BytesMut::new();
+                    gatehouse_pgwire::encode_parse(&mut b, statement, &refusal_sql(&message), &[]);
+                    (
+                        Some(Arc::new((Decision::Deny, note))),
+                        Some(Rewrite::now(b)),
+                    )
                 }
             };
             st.statements.insert(
@@ -550,7 +682,7 @@ fn inspect(
                 // The replacement statement takes no parameters.
                 let mut b = BytesMut::new();
                 gatehouse_pgwire::encode_bind(&mut b, portal, statement, &[]);
-                b
+                Rewrite::now(b)
             });
             st.portals.insert(
                 portal.to_owned(),
