@@ -4,8 +4,10 @@
 # Usage: bench/pg-compare.sh [--quick] [--targets LIST] [--workloads LIST] [--duration SECONDS] [--no-bulk] [--keep]
 #
 #   --quick            5 s per measured run instead of 20 s (1 s warm-ups)
-#   --targets LIST     comma-separated subset of: direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask
-#                      (default: all five). gatehouse masks vaulted credentials only (always on);
+#   --targets LIST     comma-separated subset of: direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask,
+#                      gatehouse+policy (default: all). gatehouse masks vaulted credentials only (always on);
+#                      gatehouse+policy goes to a second connection tagged environment=production, where
+#                      the example policy's presets and rules apply (every statement parsed and judged);
 #                      gatehouse+mask is the same gateway with every masking detector on (a masking
 #                      profile selected by the token's group). Gatehouse is only built/started if a
 #                      gatehouse target is listed.
@@ -28,7 +30,7 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$BENCH_DIR/.." && pwd)"
 
 QUICK=0
-TARGETS_ARG="direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask"
+TARGETS_ARG="direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask,gatehouse+policy"
 WORKLOADS_ARG="all"
 DURATION=""
 DO_BULK=1
@@ -61,7 +63,7 @@ JOBS="${BENCH_JOBS:-2}"
 BULK_ROWS=1000000
 BULK_REPEAT=3
 
-ALL_TARGETS=(direct pgbouncer gatehouse gatehouse+tls gatehouse+mask)
+ALL_TARGETS=(direct pgbouncer gatehouse gatehouse+tls gatehouse+mask gatehouse+policy)
 TARGETS=()
 IFS=',' read -r -a _req <<<"$TARGETS_ARG"
 for t in "${ALL_TARGETS[@]}"; do            # canonical order, so interleaving is stable
@@ -72,7 +74,7 @@ for r in "${_req[@]}"; do
 done
 [[ ${#TARGETS[@]} -gt 0 ]] || { echo "pg-compare: no targets" >&2; exit 2; }
 has_target() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
-NEED_GH=0; { has_target gatehouse || has_target gatehouse+tls || has_target gatehouse+mask; } && NEED_GH=1
+NEED_GH=0; { has_target gatehouse || has_target gatehouse+tls || has_target gatehouse+mask || has_target gatehouse+policy; } && NEED_GH=1
 
 # workload name -> pgbench arguments
 ALL_WORKLOADS=(select-simple select-extended select-prepared tpcb-simple)
@@ -108,7 +110,7 @@ PGDATA_DIR="$TMP/pg/data"
 PG_STARTED=0
 BOUNCER_PID=""
 GH_PID=""
-declare -A T_PORT T_PASS T_SSL T_PID
+declare -A T_PORT T_PASS T_SSL T_PID T_DB
 
 stop_pid() { # pid name
     local pid="$1" name="$2"
@@ -198,7 +200,7 @@ DB=bench
 # run_as_target TARGET cmd... : runs cmd with PGHOST/PGPORT/PGUSER/PGDATABASE/PGPASSWORD/PGSSLMODE set
 run_as_target() {
     local t="$1"; shift
-    PGHOST=127.0.0.1 PGPORT="${T_PORT[$t]}" PGUSER=bench PGDATABASE="$DB" \
+    PGHOST=127.0.0.1 PGPORT="${T_PORT[$t]}" PGUSER=bench PGDATABASE="${T_DB[$t]:-$DB}" \
         PGPASSWORD="${T_PASS[$t]}" PGSSLMODE="${T_SSL[$t]}" PGCONNECT_TIMEOUT=10 "$@"
 }
 psql_super() {
@@ -370,6 +372,9 @@ EOF
 [identity.dev_issuer]
 enabled = true
 
+[policy]
+path = "$BENCH_DIR/policy.toml"
+
 # gatehouse+mask: the same gateway, a token in group "masked" selects full masking (every
 # detector on); plain "gatehouse" masks vaulted credentials only (always on).
 [[masking_profiles]]
@@ -404,6 +409,11 @@ tls = \"disable\""
         # the binary stored only the credential: add the (secret-free) connection entry ourselves
         printf '%s\n' "$CONN_ENTRY" >>"$GH_CFG"
     fi
+    # gatehouse+policy: the same database as a production-tagged connection (guardrails apply).
+    printf '%s\n' "$BENCH_PW" | "$GATEHOUSE_BIN" --config "$GH_CFG" connection add bench_guarded \
+        --host 127.0.0.1 --port "$PG_PORT" --database "$DB" --user bench --tls disable \
+        --tag environment=production >>"$GH_DIR/connection-add.log" 2>&1 \
+        || { cat "$GH_DIR/connection-add.log" >&2; die "gatehouse connection add bench_guarded failed"; }
     if grep -qF "$BENCH_PW" "$GH_CFG"; then die "gatehouse wrote the upstream password into the config file"; fi
     "$GATEHOUSE_BIN" --config "$GH_CFG" config check >"$GH_DIR/config-check.log" 2>&1 \
         || { cat "$GH_DIR/config-check.log" >&2; log "warning: 'gatehouse config check' failed (continuing)"; }
@@ -425,7 +435,9 @@ tls = \"disable\""
     T_PID[gatehouse+tls]=$GH_PID
     T_PORT[gatehouse+mask]=$GH_PORT; T_PASS[gatehouse+mask]=$GH_MASK_TOKEN; T_SSL[gatehouse+mask]=disable
     T_PID[gatehouse+mask]=$GH_PID
-    for t in gatehouse gatehouse+tls gatehouse+mask; do
+    T_PORT[gatehouse+policy]=$GH_PORT; T_PASS[gatehouse+policy]=$GH_TOKEN; T_SSL[gatehouse+policy]=disable
+    T_PID[gatehouse+policy]=$GH_PID; T_DB[gatehouse+policy]=bench_guarded
+    for t in gatehouse gatehouse+tls gatehouse+mask gatehouse+policy; do
         has_target "$t" || continue
         kill -0 "$GH_PID" 2>/dev/null || die "gatehouse serve exited"
         wait_ready "$t" 30 || die "gatehouse ($t) not usable"

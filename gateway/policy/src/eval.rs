@@ -102,6 +102,18 @@ fn applies(rule: &Rule, facts: &Facts<'_>) -> bool {
     scope_matches(&rule.scope, facts) && principal_matches(rule, facts)
 }
 
+/// Whether anything in the policy can refuse or hold a request of this user on this
+/// connection (a preset, a deny or approval rule, or a default of deny). Uses only the
+/// identity and connection facts, not the statements.
+pub(crate) fn restricts(policy: &Policy, facts: &Facts<'_>) -> bool {
+    policy.default == DefaultAction::Deny
+        || !active_presets(policy, facts).is_empty()
+        || policy
+            .rules
+            .iter()
+            .any(|r| r.action != Action::Allow && applies(r, facts))
+}
+
 /// Input that cannot be judged: deny if anything restricts this connection and user.
 fn unanalyzable(
     policy: &Policy,

@@ -251,6 +251,13 @@ impl Policy {
         self.default
     }
 
+    /// Whether anything can refuse or hold a request of `facts.user` on `facts.connection`
+    /// (statements in `facts` are not looked at). When `false`, every request is allowed and
+    /// callers may skip classification.
+    pub fn restricts(&self, facts: &Facts<'_>) -> bool {
+        eval::restricts(self, facts)
+    }
+
     /// Judge one request. See the crate docs for the order.
     pub fn evaluate(&self, facts: &Facts<'_>, grants: &[Grant]) -> Decision {
         eval::evaluate(self, facts, grants)

@@ -108,6 +108,8 @@ struct ClientState {
     sql_prepared: gatehouse_sql::PreparedStatements,
     /// The session's identity and connection tags, as the policy sees them.
     who: Option<Arc<Who>>,
+    /// (policy hash, whether that policy can restrict this session).
+    restricted_cache: Option<(String, bool)>,
 }
 
 /// Who is asking, where: the policy facts fixed for the session.
@@ -179,7 +181,7 @@ async fn await_approval(
             Ok(None) | Err(_) => return (false, "approval store unavailable"),
         }
         if tokio::time::Instant::now() >= deadline {
-            let _ = gw.approvals.expire(std::time::SystemTime::now() + timeout);
+            // The request itself expires at the same instant (its `expires_at`).
             return (false, "not decided in time");
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -190,9 +192,14 @@ impl ClientState {
     /// Judges `sql` with the policy in force; no policy allows without parsing.
     fn judge(&mut self, gw: &Gateway, sql: &str) -> Verdict {
         let policy = gw.policy.load();
-        let (Some(policy), Some(who)) = (policy.as_ref().as_ref(), self.who.as_ref()) else {
+        let who = self.who.clone();
+        let (Some(policy), Some(who)) = (policy.as_ref().as_ref(), who.as_deref()) else {
             return Verdict::Allow { note: None };
         };
+        // Nothing can refuse this user on this connection: allow without parsing.
+        if !self.restricted(policy, who) {
+            return Verdict::Allow { note: None };
+        }
         let statements = gatehouse_sql::classify(sql);
         let facts = gatehouse_policy::Facts {
             user: &who.user,
@@ -236,6 +243,31 @@ impl ClientState {
                 mode,
             } => self.ticket(gw, sql, &rule, &reason, approvers, min_approvals, &mode),
         }
+    }
+
+    /// Whether the policy can restrict this session (cached per policy hash: the facts it
+    /// depends on are fixed for the session).
+    fn restricted(&mut self, policy: &gatehouse_policy::Policy, who: &Who) -> bool {
+        if let Some((hash, r)) = &self.restricted_cache {
+            if hash == policy.hash() {
+                return *r;
+            }
+        }
+        let nothing = Ok(Vec::new());
+        let facts = gatehouse_policy::Facts {
+            user: &who.user,
+            groups: &who.groups,
+            connection: &who.connection,
+            tags: &who.tags,
+            protocol: "postgres",
+            sql: "",
+            statements: &nothing,
+            prepared: &self.sql_prepared,
+            now: std::time::SystemTime::now(),
+        };
+        let r = policy.restricts(&facts);
+        self.restricted_cache = Some((policy.hash().to_owned(), r));
+        r
     }
 
     /// Just-in-time approval. An approved, unused ticket for exactly this text lets it pass
