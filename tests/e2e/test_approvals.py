@@ -11,7 +11,7 @@ import secrets
 import psycopg
 import pytest
 
-from harness import sql_error_state
+from harness import sql_error_state, wait_for
 
 POLICY = """
 version = "e2e-approvals-1"
@@ -95,6 +95,19 @@ def test_ticket_approval_lets_the_identical_statement_pass_once(gatehouse, pg, t
         statuses = {json.loads(l)["id"]: json.loads(l)["status"]
                     for l in gw.cli("approvals", "list", "--all", "--json").stdout.splitlines()}
         assert statuses[rid] == "executed" and statuses[rid2] == "denied", statuses
+
+        # Every step of each request's life is an audit record naming it, the rule and the
+        # policy (the gateway watches the approvals store once a second).
+        def events(req_id):
+            return [r["event"] for r in gw.audit_json()
+                    if r["event"].startswith("approval.") and (r.get("reason") or "").startswith(req_id)]
+
+        wait_for(lambda: "approval.denied" in events(rid2), timeout=10, what="approval events audited")
+        assert events(rid) == ["approval.requested", "approval.approved", "approval.executed"], events(rid)
+        assert events(rid2) == ["approval.requested", "approval.denied"], events(rid2)
+        rec = [r for r in gw.audit_json() if r["event"] == "approval.approved"][0]
+        assert "bob-dba approve (dba): ok once" in rec["reason"] and "e2e-approvals-1" in rec["reason"], rec
+        assert rec["username"] == "alice-app" and rec["statement"] == sql
     finally:
         with pg.owner_connect() as c:
             c.execute(f"DROP TABLE IF EXISTS {table}")

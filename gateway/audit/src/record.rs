@@ -44,11 +44,26 @@ pub enum EventKind {
     /// (`ref_seq` = the statement, `rows` = occurrences). Never carries the value.
     #[serde(rename = "secret.masked")]
     SecretMasked,
+    /// A statement needed approval and a request was created (`reason`: id, rule, approvers).
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested,
+    /// An approval request reached its quorum.
+    #[serde(rename = "approval.approved")]
+    ApprovalApproved,
+    /// An approver denied a request.
+    #[serde(rename = "approval.denied")]
+    ApprovalDenied,
+    /// A request was not decided in time, or its approval window passed unused.
+    #[serde(rename = "approval.expired")]
+    ApprovalExpired,
+    /// The approved statement ran (hold released or ticket used).
+    #[serde(rename = "approval.executed")]
+    ApprovalExecuted,
 }
 
 impl EventKind {
     /// Every variant, in declaration order.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::GatewayStart,
         EventKind::GatewayStop,
         EventKind::ConfigLoaded,
@@ -59,6 +74,11 @@ impl EventKind {
         EventKind::SessionEnd,
         EventKind::Cancel,
         EventKind::SecretMasked,
+        EventKind::ApprovalRequested,
+        EventKind::ApprovalApproved,
+        EventKind::ApprovalDenied,
+        EventKind::ApprovalExpired,
+        EventKind::ApprovalExecuted,
     ];
 
     /// The stored/serialized name, e.g. `"login.success"`.
@@ -74,6 +94,11 @@ impl EventKind {
             EventKind::SessionEnd => "session.end",
             EventKind::Cancel => "cancel",
             EventKind::SecretMasked => "secret.masked",
+            EventKind::ApprovalRequested => "approval.requested",
+            EventKind::ApprovalApproved => "approval.approved",
+            EventKind::ApprovalDenied => "approval.denied",
+            EventKind::ApprovalExpired => "approval.expired",
+            EventKind::ApprovalExecuted => "approval.executed",
         }
     }
 

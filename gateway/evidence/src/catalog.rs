@@ -107,6 +107,12 @@ pub fn controls_for(r: &Record) -> Vec<&'static str> {
         // A vaulted credential stopped on its way out: monitoring (SI-4) and an incident
         // input (IR-4).
         EventKind::SecretMasked => c.extend(["si-4", "ir-4"]),
+        // Just-in-time approval: access enforcement with a human in the loop, least privilege.
+        EventKind::ApprovalRequested
+        | EventKind::ApprovalApproved
+        | EventKind::ApprovalDenied
+        | EventKind::ApprovalExpired
+        | EventKind::ApprovalExecuted => c.extend(["ac-3", "ac-6"]),
         EventKind::GatewayStart | EventKind::GatewayStop | EventKind::Cancel => {}
     }
     if denied && r.event != EventKind::Statement && !c.contains(&"ac-3") {

@@ -154,6 +154,7 @@ pub async fn run(
     let reload = tokio::spawn(reload_on_hup(gw.clone()));
     let on_demand = tokio::spawn(checkpoint_on_usr1(gw.clone()));
     let retention = tokio::spawn(prune_hourly(gw.clone()));
+    let approvals = tokio::spawn(audit_approvals(gw.clone()));
     shutdown.await;
     tracing::info!("shutting down");
     for t in tasks {
@@ -162,6 +163,7 @@ pub async fn run(
     reload.abort();
     on_demand.abort();
     retention.abort();
+    approvals.abort();
     let stop = gw.record(EventKind::GatewayStop);
     if let Err(e) = gw.audit.append(stop).await {
         tracing::error!(error = %e, "could not record the stop");
@@ -210,6 +212,121 @@ fn policy_note(gw: &Gateway) -> String {
     match policy.as_ref() {
         Some(p) => format!("policy version {} sha256 {}", p.version(), p.hash()),
         None => "no policy configured: every statement is allowed and recorded".into(),
+    }
+}
+
+/// Puts the life of every approval request into the audit trail: requested, approved,
+/// denied, expired, executed. Decisions are made by the CLI (another process) in the
+/// approvals store; the gateway, the audit store's only writer, watches the store every
+/// second and records each change once. Requests already in the store when the gateway
+/// starts are not recorded again.
+async fn audit_approvals(gw: Arc<Gateway>) {
+    use gatehouse_approvals::{RequestFilter, RequestStatus};
+    let mut seen: std::collections::HashMap<String, RequestStatus> =
+        std::collections::HashMap::new();
+    let mut first = true;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let g = gw.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            g.approvals.expire(std::time::SystemTime::now())?;
+            g.approvals.list(RequestFilter::All, 1000)
+        })
+        .await;
+        let requests = match listed {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "approvals store unavailable for auditing");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let policy = gw.policy.load();
+        let policy_note = policy
+            .as_ref()
+            .as_ref()
+            .map(|p| format!("policy {} sha256 {}", p.version(), p.hash()))
+            .unwrap_or_else(|| "no policy".into());
+        let mut records = Vec::new();
+        for r in requests.iter().rev() {
+            let key = r.id.to_string();
+            let before = seen.insert(key.clone(), r.status);
+            if first {
+                continue;
+            }
+            let mut events = Vec::new();
+            if before.is_none() {
+                events.push(EventKind::ApprovalRequested);
+            }
+            if before != Some(r.status) {
+                match r.status {
+                    RequestStatus::Pending => {}
+                    RequestStatus::Approved => events.push(EventKind::ApprovalApproved),
+                    RequestStatus::Denied => events.push(EventKind::ApprovalDenied),
+                    RequestStatus::Expired => events.push(EventKind::ApprovalExpired),
+                    RequestStatus::Executed => {
+                        if before != Some(RequestStatus::Approved)
+                            && r.votes
+                                .iter()
+                                .any(|v| v.verdict == gatehouse_approvals::Verdict::Approve)
+                        {
+                            events.push(EventKind::ApprovalApproved);
+                        }
+                        events.push(EventKind::ApprovalExecuted);
+                    }
+                }
+            }
+            for ev in events {
+                let mut rec = gw.record(ev);
+                rec.username = Some(r.requester.clone());
+                rec.groups = r.requester_groups.clone();
+                rec.connection = Some(r.connection.clone());
+                rec.statement = Some(r.statement.clone());
+                rec.decision = Some(match ev {
+                    EventKind::ApprovalApproved | EventKind::ApprovalExecuted => {
+                        gatehouse_audit::Decision::Allow
+                    }
+                    EventKind::ApprovalDenied | EventKind::ApprovalExpired => {
+                        gatehouse_audit::Decision::Deny
+                    }
+                    _ => gatehouse_audit::Decision::Deny,
+                });
+                let votes: Vec<String> = r
+                    .votes
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "{} {} ({}){}",
+                            v.approver,
+                            v.verdict.as_str(),
+                            v.approver_groups.join(","),
+                            v.comment
+                                .as_ref()
+                                .map(|c| format!(": {c}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                rec.reason = Some(format!(
+                    "{} {} mode {}; approvers {} ({} needed); votes [{}]; {}",
+                    r.id,
+                    r.rule,
+                    r.mode.as_str(),
+                    r.approvers.join("|"),
+                    r.min_approvals,
+                    votes.join("; "),
+                    policy_note
+                ));
+                records.push(rec);
+            }
+        }
+        first = false;
+        if !records.is_empty() {
+            if let Err(e) = gw.audit.append_batch(records).await {
+                tracing::error!(error = %e, "could not record approval events");
+            }
+        }
     }
 }
 
