@@ -227,3 +227,68 @@ def test_hold_mode_with_a_langchain_agent(gatehouse, pg, tmp_path):
         with pg.owner_connect() as c:
             c.execute(f"DROP TABLE IF EXISTS {orders}")
             c.execute(f"DROP TABLE IF EXISTS {short}")
+
+
+class _Hook:
+    """A real HTTP server on loopback that records what the gateway POSTs."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.bodies: list[dict] = []
+        hook = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                n = int(self.headers.get("content-length", "0"))
+                hook.bodies.append(json.loads(self.rfile.read(n)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize("fmt", ["json", "slack"])
+def test_webhook_on_request_and_decision(gatehouse, pg, tmp_path, fmt):
+    table = f"hooked_{secrets.token_hex(4)}"
+    with pg.owner_connect() as c:
+        c.execute("SET ROLE gh_app")
+        c.execute(f"CREATE TABLE {table} (id int)")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY.replace("{table}", table))
+    hook = _Hook()
+    gw = gatehouse(extra_toml=f'\n[policy]\npath = "{policy}"\n\n[approvals.webhook]\n'
+                               f'url = "http://127.0.0.1:{hook.port}/hook"\nformat = "{fmt}"\n')
+    try:
+        alice = gw.token("alice-app", groups=["analysts"])
+        bob = gw.token("bob-dba", groups=["dba"])
+        e = _refusal(gw, "alice-app", alice, f"INSERT INTO {table} VALUES (7)")
+        rid = [w for w in str(e).replace(".", " ").split() if w.startswith("apr_")][0]
+        wait_for(lambda: len(hook.bodies) >= 1, timeout=10, what="webhook for the new request")
+        gw.cli("approvals", "approve", rid, "--token", bob)
+        wait_for(lambda: len(hook.bodies) >= 2, timeout=10, what="webhook for the decision")
+        if fmt == "json":
+            assert [b["event"] for b in hook.bodies[:2]] == ["approval.requested", "approval.approved"]
+            assert hook.bodies[0]["id"] == rid and hook.bodies[0]["requester"] == "alice-app"
+            assert hook.bodies[0]["approvers"] == ["dba"] and "INSERT INTO" in hook.bodies[0]["statement"]
+        else:
+            assert set(hook.bodies[0]) == {"text"} and rid in hook.bodies[0]["text"]
+            assert "needs approval" in hook.bodies[0]["text"] and "was approved" in hook.bodies[1]["text"]
+        # No token or vaulted secret ever goes out in a webhook.
+        blob = json.dumps(hook.bodies)
+        assert bob not in blob and alice not in blob
+        from harness import CANARY
+        assert CANARY not in blob
+    finally:
+        hook.close()
+        with pg.owner_connect() as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")

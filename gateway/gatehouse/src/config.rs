@@ -44,6 +44,35 @@ pub struct Config {
     /// for a session replaces `[masking]` for it.
     #[serde(default)]
     pub masking_profiles: Vec<MaskingProfile>,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// Just-in-time approvals.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Notified on each new request and each decision.
+    pub webhook: Option<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `https://…`, or `http://` to a loopback address only.
+    pub url: url::Url,
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// A generic JSON object.
+    #[default]
+    Json,
+    /// Slack's incoming-webhook shape, `{"text": …}`.
+    Slack,
 }
 
 /// A masking configuration for the sessions it selects.
@@ -479,6 +508,18 @@ impl Config {
         if let Some(m) = &self.masking {
             m.validate().map_err(|e| format!("masking: {e}"))?;
         }
+        if let Some(w) = &self.approvals.webhook {
+            let loopback = matches!(
+                w.url.host_str(),
+                Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
+            );
+            if !(w.url.scheme() == "https" || (w.url.scheme() == "http" && loopback)) {
+                return Err(
+                    "approvals.webhook.url must be https:// (http:// only to a loopback address)"
+                        .into(),
+                );
+            }
+        }
         let mut profile_names = std::collections::HashSet::new();
         for p in &self.masking_profiles {
             if !valid_name(&p.name) || !profile_names.insert(&p.name) {
@@ -596,6 +637,12 @@ tags = { environment = "production" }
         assert!(e.to_string().contains("crad"), "{e}");
         let e = load(&format!("{BASE}\n[policy]\npaht = \"p.toml\"\n")).unwrap_err();
         assert!(e.to_string().contains("paht"), "{e}");
+        // Approval webhooks: https, or plain http only to loopback.
+        let hook = |u: &str| load(&format!("{BASE}\n[approvals.webhook]\nurl = \"{u}\"\n"));
+        assert!(hook("https://hooks.example.com/x").is_ok());
+        assert!(hook("http://127.0.0.1:9/x").is_ok());
+        assert!(hook("http://hooks.example.com/x").is_err());
+        assert!(hook("ftp://127.0.0.1/x").is_err());
     }
 
     #[test]

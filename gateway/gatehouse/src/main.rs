@@ -9,6 +9,7 @@ mod pg;
 mod serve;
 mod state;
 mod tls;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -322,6 +322,32 @@ async fn audit_approvals(gw: Arc<Gateway>) {
             }
         }
         first = false;
+        if let Some(hook) = gw.config.load().config.approvals.webhook.clone() {
+            // Each event once, in order, best effort.
+            let gateway = gw.name();
+            let bodies: Vec<serde_json::Value> = records
+                .iter()
+                .filter_map(|rec| {
+                    let id = rec.reason.as_deref()?.split_whitespace().next()?;
+                    let r = requests.iter().find(|r| r.id.as_str() == id)?;
+                    Some(crate::webhook::payload(
+                        hook.format,
+                        &gateway,
+                        rec.event.as_str(),
+                        r,
+                    ))
+                })
+                .collect();
+            if !bodies.is_empty() {
+                tokio::task::spawn_blocking(move || {
+                    for b in &bodies {
+                        if let Err(e) = crate::webhook::deliver(&hook, b) {
+                            tracing::warn!(error = %e, "approval webhook delivery failed");
+                        }
+                    }
+                });
+            }
+        }
         if !records.is_empty() {
             if let Err(e) = gw.audit.append_batch(records).await {
                 tracing::error!(error = %e, "could not record approval events");
