@@ -292,3 +292,44 @@ def test_webhook_on_request_and_decision(gatehouse, pg, tmp_path, fmt):
         hook.close()
         with pg.owner_connect() as c:
             c.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_time_boxed_grant(gatehouse, pg, tmp_path):
+    table = f"granted_{secrets.token_hex(4)}"
+    with pg.owner_connect() as c:
+        c.execute("SET ROLE gh_app")
+        c.execute(f"CREATE TABLE {table} (id int)")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY.replace("{table}", table))
+    gw = gatehouse(extra_toml=f'\n[policy]\npath = "{policy}"\n\n[approvals]\ngrant_issuers = ["dba"]\n')
+    alice = gw.token("alice-app", groups=["analysts"])
+    bob = gw.token("bob-dba", groups=["dba"])
+    eve = gw.token("eve", groups=["analysts"])
+    try:
+        assert "needs approval" in str(_refusal(gw, "alice-app", alice, f"INSERT INTO {table} VALUES (1)"))
+        # Only grant issuers, never for oneself.
+        p = gw.cli("approvals", "grant", "--user", "alice-app", "--connection", "app", "--minutes", "30",
+                   "--token", eve, check=False)
+        assert p.returncode != 0
+        p = gw.cli("approvals", "grant", "--user", "bob-dba", "--connection", "app", "--minutes", "30",
+                   "--token", bob, check=False)
+        assert p.returncode != 0
+        out = gw.cli("approvals", "grant", "--user", "alice-app", "--connection", "app", "--minutes", "30",
+                     "--token", bob, "--comment", "INC-42").stdout
+        gid = out.split()[0]
+        assert gid.startswith("grt_"), out
+        # Alice's writes now pass for the grant's lifetime; eve's do not.
+        with gw.connect("alice-app", alice, autocommit=True) as c:
+            c.execute(f"INSERT INTO {table} VALUES (2)")
+            c.execute(f"INSERT INTO {table} VALUES (3)")
+        assert "needs approval" in str(_refusal(gw, "eve", eve, f"INSERT INTO {table} VALUES (4)"))
+        with pg.owner_connect() as c:
+            assert sorted(r[0] for r in c.execute(f"SELECT id FROM {table}")) == [2, 3]
+        listed = gw.cli("approvals", "grants").stdout
+        assert gid in listed and "used 2x" in listed, listed
+        recs = [r for r in gw.audit_json() if r["event"] == "statement" and r.get("username") == "alice-app"
+                and r.get("decision") == "allow" and table in (r.get("statement") or "")]
+        assert len(recs) == 2 and all(gid in r["reason"] for r in recs), recs
+    finally:
+        with pg.owner_connect() as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")

@@ -952,6 +952,29 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         minutes: Option<u64>,
     },
+    /// Issue a time-boxed grant: USER may run what approval rules would hold, on CONNECTION,
+    /// for MINUTES (never what a deny rule or preset refuses). The issuer is the holder of
+    /// `--token`, a member of `approvals.grant_issuers`, and not the grantee.
+    Grant {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        connection: String,
+        #[arg(long)]
+        minutes: u64,
+        /// `writes` (any approval for a writing statement), `any`, or `rule:NAME`.
+        #[arg(long, default_value = "writes")]
+        scope: String,
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Grants (effective ones by default).
+    Grants {
+        #[arg(long)]
+        all: bool,
+    },
     /// Deny a request (one deny decides it).
     Deny {
         id: String,
@@ -1070,5 +1093,59 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
             comment,
             None,
         ),
+        ApprovalsCommand::Grant {
+            user,
+            connection,
+            minutes,
+            scope,
+            token,
+            comment,
+        } => {
+            let scope = match scope.as_str() {
+                "writes" => gatehouse_approvals::GrantScope::Writes,
+                "any" => gatehouse_approvals::GrantScope::Any,
+                s => match s.strip_prefix("rule:") {
+                    Some(r) if !r.is_empty() => gatehouse_approvals::GrantScope::Rule(r.to_owned()),
+                    _ => bail!("--scope must be writes, any or rule:NAME"),
+                },
+            };
+            let verifier = state::build_verifier(cfg)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let who = rt
+                .block_on(verifier.verify(token.trim(), now))
+                .map_err(|e| anyhow::anyhow!("issuer token rejected: {}", e.reason()))?;
+            let g = store.issue_grant(gatehouse_approvals::NewGrant {
+                user: &user,
+                connection: &connection,
+                scope,
+                expires_at: now + Duration::from_secs(minutes.saturating_mul(60)),
+                issued_by: &who.username,
+                issued_by_groups: &who.groups,
+                allowed_issuers: &cfg.approvals.grant_issuers,
+                comment: comment.as_deref(),
+                now,
+            })?;
+            println!(
+                "{} grants {} on {} ({:?}), issued by {}",
+                g.id, g.user, g.connection, g.scope, g.issued_by
+            );
+            Ok(())
+        }
+        ApprovalsCommand::Grants { all } => {
+            let filter = if all {
+                gatehouse_approvals::GrantFilter::All
+            } else {
+                gatehouse_approvals::GrantFilter::Effective(now)
+            };
+            for g in store.list_grants(filter, 1000)? {
+                println!(
+                    "{} {:?} {} on {} ({:?}) by {} used {}x",
+                    g.id, g.status, g.user, g.connection, g.scope, g.issued_by, g.use_count
+                );
+            }
+            Ok(())
+        }
     }
 }

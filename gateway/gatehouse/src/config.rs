@@ -54,6 +54,9 @@ pub struct Config {
 pub struct ApprovalsConfig {
     /// Notified on each new request and each decision.
     pub webhook: Option<WebhookConfig>,
+    /// Groups whose members may issue time-boxed grants (none: grants cannot be issued).
+    #[serde(default)]
+    pub grant_issuers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

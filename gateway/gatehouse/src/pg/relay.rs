@@ -212,7 +212,36 @@ impl ClientState {
             prepared: &self.sql_prepared,
             now: std::time::SystemTime::now(),
         };
-        match policy.evaluate(&facts, &[]) {
+        let mut decision = policy.evaluate(&facts, &[]);
+        if matches!(decision, gatehouse_policy::Decision::RequireApproval { .. }) {
+            // A time-boxed grant ("alice may write to orders-prod for 30 minutes") satisfies
+            // approval rules (never a deny).
+            match gw
+                .approvals
+                .active_grants(&who.user, &who.connection, facts.now)
+            {
+                Ok(grants) if !grants.is_empty() => {
+                    decision = policy.evaluate(&facts, &grants);
+                    if let gatehouse_policy::Decision::Allow {
+                        basis: gatehouse_policy::AllowBasis::Grant { grant, .. },
+                    } = &decision
+                    {
+                        match grant.parse::<gatehouse_approvals::GrantId>() {
+                            Ok(id) => {
+                                if let Err(e) = gw.approvals.record_grant_use(&id, facts.now) {
+                                    tracing::error!(error = %e, "could not record a grant use; refusing");
+                                    decision = policy.evaluate(&facts, &[]);
+                                }
+                            }
+                            Err(_) => decision = policy.evaluate(&facts, &[]),
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "approvals store unavailable for grants"),
+            }
+        }
+        match decision {
             gatehouse_policy::Decision::Allow { basis } => {
                 if let Ok(parts) = &statements {
                     self.sql_prepared.observe(parts);
