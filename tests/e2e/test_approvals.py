@@ -330,6 +330,19 @@ def test_time_boxed_grant(gatehouse, pg, tmp_path):
         recs = [r for r in gw.audit_json() if r["event"] == "statement" and r.get("username") == "alice-app"
                 and r.get("decision") == "allow" and table in (r.get("statement") or "")]
         assert len(recs) == 2 and all(gid in r["reason"] for r in recs), recs
+        # Revoked: the next write needs approval again; issue and end are audit records.
+        assert gw.cli("approvals", "revoke-grant", gid, "--token", eve, check=False).returncode != 0
+        gw.cli("approvals", "revoke-grant", gid, "--token", bob)
+        assert "needs approval" in str(_refusal(gw, "alice-app", alice, f"INSERT INTO {table} VALUES (5)"))
+
+        def grant_events():
+            return [r["event"] for r in gw.audit_json()
+                    if r["event"].startswith("grant.") and (r.get("reason") or "").startswith(gid)]
+
+        wait_for(lambda: "grant.ended" in grant_events(), timeout=10, what="grant events audited")
+        assert grant_events() == ["grant.issued", "grant.ended"], grant_events()
+        issued = [r for r in gw.audit_json() if r["event"] == "grant.issued"][0]
+        assert "bob-dba (dba): INC-42" in issued["reason"] and issued["username"] == "alice-app", issued
     finally:
         with pg.owner_connect() as c:
             c.execute(f"DROP TABLE IF EXISTS {table}")

@@ -98,7 +98,13 @@ def test_refused_by_meaning_not_by_text(guarded, pg):
         assert sql_error_state(e) == "42501" and "unparseable" in str(e)
         # The session is still fine.
         assert c.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 9
-    assert f"DROP TABLE {table}" not in pg.log_text()
+    # psql (simple protocol, its own client) sees the same.
+    p = gw.psql("guard-user", token, "-At", "-c", f"DROP TABLE {table}", "-c", "SELECT 'still here'")
+    assert "statement blocked by preset:no_drop_truncate" in p.stderr, p.stderr
+    assert "still here" in p.stdout
+    p = gw.psql("guard-user", token, "-At", "-c", f"UPDATE {table} SET v = 0")
+    assert "no_unbounded_write" in p.stderr, p.stderr
+    assert _exists(pg, table)
 
 
 def test_extended_protocol_and_transactions(guarded, pg):

@@ -59,11 +59,17 @@ pub enum EventKind {
     /// The approved statement ran (hold released or ticket used).
     #[serde(rename = "approval.executed")]
     ApprovalExecuted,
+    /// A time-boxed grant was issued (`reason`: id, scope, issuer, expiry).
+    #[serde(rename = "grant.issued")]
+    GrantIssued,
+    /// A grant ended: expired or revoked.
+    #[serde(rename = "grant.ended")]
+    GrantEnded,
 }
 
 impl EventKind {
     /// Every variant, in declaration order.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::GatewayStart,
         EventKind::GatewayStop,
         EventKind::ConfigLoaded,
@@ -79,6 +85,8 @@ impl EventKind {
         EventKind::ApprovalDenied,
         EventKind::ApprovalExpired,
         EventKind::ApprovalExecuted,
+        EventKind::GrantIssued,
+        EventKind::GrantEnded,
     ];
 
     /// The stored/serialized name, e.g. `"login.success"`.
@@ -99,6 +107,8 @@ impl EventKind {
             EventKind::ApprovalDenied => "approval.denied",
             EventKind::ApprovalExpired => "approval.expired",
             EventKind::ApprovalExecuted => "approval.executed",
+            EventKind::GrantIssued => "grant.issued",
+            EventKind::GrantEnded => "grant.ended",
         }
     }
 

@@ -112,7 +112,9 @@ pub fn controls_for(r: &Record) -> Vec<&'static str> {
         | EventKind::ApprovalApproved
         | EventKind::ApprovalDenied
         | EventKind::ApprovalExpired
-        | EventKind::ApprovalExecuted => c.extend(["ac-3", "ac-6"]),
+        | EventKind::ApprovalExecuted
+        | EventKind::GrantIssued
+        | EventKind::GrantEnded => c.extend(["ac-3", "ac-6"]),
         EventKind::GatewayStart | EventKind::GatewayStop | EventKind::Cancel => {}
     }
     if denied && r.event != EventKind::Statement && !c.contains(&"ac-3") {

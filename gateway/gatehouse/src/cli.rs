@@ -970,6 +970,12 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Revoke a grant now (the holder of `--token` must be a grant issuer).
+    RevokeGrant {
+        id: String,
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Grants (effective ones by default).
     Grants {
         #[arg(long)]
@@ -1131,6 +1137,26 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
                 "{} grants {} on {} ({:?}), issued by {}",
                 g.id, g.user, g.connection, g.scope, g.issued_by
             );
+            Ok(())
+        }
+        ApprovalsCommand::RevokeGrant { id, token } => {
+            let verifier = state::build_verifier(cfg)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let who = rt
+                .block_on(verifier.verify(token.trim(), now))
+                .map_err(|e| anyhow::anyhow!("token rejected: {}", e.reason()))?;
+            if !who
+                .groups
+                .iter()
+                .any(|g| cfg.approvals.grant_issuers.contains(g))
+            {
+                bail!("{} is not in approvals.grant_issuers", who.username);
+            }
+            let id: gatehouse_approvals::GrantId = id.parse()?;
+            let g = store.revoke_grant(&id, &who.username, now)?;
+            println!("{} revoked by {}", g.id, who.username);
             Ok(())
         }
         ApprovalsCommand::Grants { all } => {

@@ -224,6 +224,7 @@ async fn audit_approvals(gw: Arc<Gateway>) {
     use gatehouse_approvals::{RequestFilter, RequestStatus};
     let mut seen: std::collections::HashMap<String, RequestStatus> =
         std::collections::HashMap::new();
+    let mut seen_grants: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     let mut first = true;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -319,6 +320,56 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                     policy_note
                 ));
                 records.push(rec);
+            }
+        }
+        // Grants: issued, then ended (expired or revoked); each use is in the statement record.
+        let g2 = gw.clone();
+        let grants = tokio::task::spawn_blocking(move || {
+            g2.approvals.expire_grants(std::time::SystemTime::now())?;
+            g2.approvals
+                .list_grants(gatehouse_approvals::GrantFilter::All, 1000)
+        })
+        .await;
+        if let Ok(Ok(grants)) = grants {
+            for g in grants.iter().rev() {
+                let active = g.status == gatehouse_approvals::GrantStatus::Active;
+                let before = seen_grants.insert(g.id.to_string(), active);
+                if first {
+                    continue;
+                }
+                let mut events = Vec::new();
+                if before.is_none() {
+                    events.push(EventKind::GrantIssued);
+                }
+                if !active && before != Some(false) {
+                    events.push(EventKind::GrantEnded);
+                }
+                for ev in events {
+                    let mut rec = gw.record(ev);
+                    rec.username = Some(g.user.clone());
+                    rec.connection = Some(g.connection.clone());
+                    rec.decision = Some(if ev == EventKind::GrantIssued {
+                        gatehouse_audit::Decision::Allow
+                    } else {
+                        gatehouse_audit::Decision::Deny
+                    });
+                    rec.rows = Some(i64::try_from(g.use_count).unwrap_or(i64::MAX));
+                    rec.reason = Some(format!(
+                        "{} {:?} scope {:?}; issued by {} ({}){}; uses {}; {}",
+                        g.id,
+                        g.status,
+                        g.scope,
+                        g.issued_by,
+                        g.issued_by_groups.join(","),
+                        g.comment
+                            .as_ref()
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default(),
+                        g.use_count,
+                        policy_note
+                    ));
+                    records.push(rec);
+                }
             }
         }
         first = false;
