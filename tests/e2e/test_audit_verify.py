@@ -123,7 +123,8 @@ def test_tampering_is_named_by_verify(gatehouse, tmp_path):
     sql("UPDATE records SET time_us = time_us + 1 WHERE seq = 4")
     rc, v = _verify(gw)
     assert rc == 1 and v["first_bad_record"] == 4, v
-    gw.cli("audit", "verify", check=False)  # human form must not crash
+    human = gw.cli("audit", "verify", check=False)
+    assert human.returncode == 1 and "PROBLEM: record 4" in human.stdout and "FAILED" in human.stdout, human.stdout
     restore()
 
     # A deleted row.

@@ -11,7 +11,11 @@ use gatehouse_evidence::{
 use serde_json::Value;
 
 fn oscal_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/oscal")
+    // Resolved when the test runs (cargo and nextest set it), not when it was compiled: the
+    // build cache is shared between checkouts in different folders.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    dir.join("../../../shared/oscal")
 }
 
 const T0: i64 = 1_712_000_000_000_000;

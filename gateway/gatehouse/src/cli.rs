@@ -1026,6 +1026,22 @@ fn request_json(r: &gatehouse_approvals::Request) -> serde_json::Value {
     })
 }
 
+/// The identity behind an OIDC token given on the command line, validated exactly as the
+/// gateway validates a login. `role` names the holder in the error (never the token).
+fn cli_identity(
+    cfg: &crate::config::Config,
+    token: &str,
+    now: SystemTime,
+    role: &str,
+) -> anyhow::Result<gatehouse_identity::Identity> {
+    let verifier = state::build_verifier(cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(verifier.verify(token.trim(), now))
+        .map_err(|e| anyhow::anyhow!("{role} token rejected: {}", e.reason()))
+}
+
 pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
     let loaded = LoadedConfig::load(config)?;
     let cfg = &loaded.config;
@@ -1033,13 +1049,7 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
     let now = SystemTime::now();
     store.expire(now)?;
     let decide = |id: &str, token: &str, verdict, comment: Option<String>, minutes: Option<u64>| {
-        let verifier = state::build_verifier(cfg)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let who = rt
-            .block_on(verifier.verify(token.trim(), now))
-            .map_err(|e| anyhow::anyhow!("approver token rejected: {}", e.reason()))?;
+        let who = cli_identity(cfg, token, now, "approver")?;
         let id: gatehouse_approvals::RequestId = id.parse()?;
         let r = store.decide(
             &id,
@@ -1115,13 +1125,7 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
                     _ => bail!("--scope must be writes, any or rule:NAME"),
                 },
             };
-            let verifier = state::build_verifier(cfg)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let who = rt
-                .block_on(verifier.verify(token.trim(), now))
-                .map_err(|e| anyhow::anyhow!("issuer token rejected: {}", e.reason()))?;
+            let who = cli_identity(cfg, &token, now, "issuer")?;
             let g = store.issue_grant(gatehouse_approvals::NewGrant {
                 user: &user,
                 connection: &connection,
@@ -1140,13 +1144,7 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ApprovalsCommand::RevokeGrant { id, token } => {
-            let verifier = state::build_verifier(cfg)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let who = rt
-                .block_on(verifier.verify(token.trim(), now))
-                .map_err(|e| anyhow::anyhow!("token rejected: {}", e.reason()))?;
+            let who = cli_identity(cfg, &token, now, "revoker")?;
             if !who
                 .groups
                 .iter()

@@ -282,7 +282,7 @@ tags = {{ environment = "development" }}
     let result = rt.block_on(async move {
         let pid_file = loaded.config.pid_path();
         let (gw, listeners) = crate::serve::prepare(loaded).await?;
-        std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+        crate::serve::write_pid_file(&pid_file)?;
         let addr = listeners.first().map(|(l, _)| l.local_addr()).transpose()?.context("no listener")?;
         println!();
         println!("Gatehouse demo is running (development mode: software key store, self-signed TLS, dev token issuer).");

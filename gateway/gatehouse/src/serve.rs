@@ -39,13 +39,18 @@ pub fn main(config_path: &Path) -> anyhow::Result<()> {
     let pid_written = pid_file.clone();
     let result = rt.block_on(async move {
         let (gw, listeners) = prepare(loaded).await?;
-        // Lets `gatehouse audit checkpoint` find this process.
-        std::fs::write(&pid_written, format!("{}\n", std::process::id()))
-            .with_context(|| format!("writing {}", pid_written.display()))?;
+        write_pid_file(&pid_written)?;
         run(gw, listeners, shutdown_signal()).await
     });
     let _ = std::fs::remove_file(&pid_file);
     result
+}
+
+/// Records this process's pid in the data dir, so that `gatehouse audit checkpoint` and
+/// `gatehouse status` find the running gateway (see [`running_pid`]).
+pub fn write_pid_file(path: &Path) -> anyhow::Result<()> {
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The pid of a `gatehouse serve` running on this config's data dir, if one runs.
@@ -250,6 +255,8 @@ async fn audit_approvals(gw: Arc<Gateway>) {
             .map(|p| format!("policy {} sha256 {}", p.version(), p.hash()))
             .unwrap_or_else(|| "no policy".into());
         let mut records = Vec::new();
+        // (event, request) of each approval record, for the webhook.
+        let mut changes = Vec::new();
         for r in requests.iter().rev() {
             let key = r.id.to_string();
             let before = seen.insert(key.clone(), r.status);
@@ -320,6 +327,7 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                     policy_note
                 ));
                 records.push(rec);
+                changes.push((ev, r));
             }
         }
         // Grants: issued, then ended (expired or revoked); each use is in the statement record.
@@ -376,18 +384,9 @@ async fn audit_approvals(gw: Arc<Gateway>) {
         if let Some(hook) = gw.config.load().config.approvals.webhook.clone() {
             // Each event once, in order, best effort.
             let gateway = gw.name();
-            let bodies: Vec<serde_json::Value> = records
+            let bodies: Vec<serde_json::Value> = changes
                 .iter()
-                .filter_map(|rec| {
-                    let id = rec.reason.as_deref()?.split_whitespace().next()?;
-                    let r = requests.iter().find(|r| r.id.as_str() == id)?;
-                    Some(crate::webhook::payload(
-                        hook.format,
-                        &gateway,
-                        rec.event.as_str(),
-                        r,
-                    ))
-                })
+                .map(|(ev, r)| crate::webhook::payload(hook.format, &gateway, ev.as_str(), r))
                 .collect();
             if !bodies.is_empty() {
                 tokio::task::spawn_blocking(move || {

@@ -484,6 +484,11 @@ pub fn encode_data_row(out: &mut BytesMut, values: &[Option<&[u8]>]) {
     });
 }
 
+/// Encodes a CopyData (`d`) message (either direction).
+pub fn encode_copy_data(out: &mut BytesMut, data: &[u8]) {
+    put_typed(out, b'd', |o| o.extend_from_slice(data));
+}
+
 /// Decodes a NotificationResponse (`A`) body: (process id, channel, payload).
 pub fn decode_notification(body: &[u8]) -> Result<(i32, &str, &str), ProtocolError> {
     let mut r = Reader::new(body, "NotificationResponse");
@@ -538,6 +543,9 @@ mod row_tests {
         let mut b = BytesMut::new();
         encode_data_row(&mut b, &vals);
         assert_eq!(decode_data_row(&b[HEADER_LEN..]).unwrap(), vals);
+        let mut b = BytesMut::new();
+        encode_copy_data(&mut b, b"1\tx\n");
+        assert_eq!(&b[..], b"d\x00\x00\x00\x081\tx\n");
         let mut b = BytesMut::new();
         encode_notification(&mut b, 42, "ch", "payload");
         assert_eq!(

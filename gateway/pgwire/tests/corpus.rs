@@ -5,9 +5,12 @@
 use std::path::Path;
 
 fn each_input(dir: &str, f: fn(&[u8])) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(dir);
+    // At run time (the build cache is shared between checkouts in different folders).
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || env!("CARGO_MANIFEST_DIR").into(),
+        std::path::PathBuf::from,
+    );
+    let root = Path::new(&manifest).join("fuzz/corpus").join(dir);
     let mut n = 0;
     for e in std::fs::read_dir(&root).unwrap() {
         let data = std::fs::read(e.unwrap().path()).unwrap();

@@ -975,9 +975,7 @@ impl Masking {
                     return Ok(None);
                 };
                 let mut b = BytesMut::with_capacity(data.len() + HEADER_LEN);
-                b.extend_from_slice(b"d");
-                b.extend_from_slice(&((data.len() + 4) as u32).to_be_bytes());
-                b.extend_from_slice(&data);
+                gatehouse_pgwire::encode_copy_data(&mut b, &data);
                 Ok(Some(b))
             }
             b'd' => {
@@ -986,9 +984,7 @@ impl Masking {
                     return Ok(None);
                 };
                 let mut b = BytesMut::with_capacity(m.len() + HEADER_LEN);
-                b.extend_from_slice(b"d");
-                b.extend_from_slice(&((m.len() + 4) as u32).to_be_bytes());
-                b.extend_from_slice(&m);
+                gatehouse_pgwire::encode_copy_data(&mut b, &m);
                 Ok(Some(b))
             }
             _ => Ok(None),
