@@ -118,6 +118,10 @@ pub enum AuditError {
     Retention(&'static str),
 
     /// A checkpoint needs a signing key, and the store was opened without a key store.
+    /// Another process holds the store's journal: a second gateway on the same data dir.
+    #[error("audit store is in use by another process (its journal is locked)")]
+    Locked,
+
     #[error("audit store has no signing key (opened without a key store)")]
     NoSigningKey,
 }

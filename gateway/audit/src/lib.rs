@@ -55,6 +55,7 @@
 
 mod checkpoint;
 mod error;
+mod journal;
 mod maintain;
 pub mod merkle;
 mod reader;
@@ -69,7 +70,7 @@ pub use error::AuditError;
 pub use maintain::{prune, rotate_signing_key, PruneReport};
 pub use reader::{AuditReader, BadRecord, ChainBreak, Filter, VerifyReport};
 pub use record::{format_rfc3339_us, parse_rfc3339_us, Decision, EventKind, Record, StoredRecord};
-pub use store::{AuditStore, StoreOptions, Synchronous};
+pub use store::{recover, AuditStore, StoreOptions, Synchronous};
 pub use verify::{verify, Problem, Verification, VerifyOptions, VerifyProgress};
 
 /// Sequence number of a stored record: 1, 2, 3, … without gaps.

@@ -7,6 +7,7 @@ use ring::digest;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::checkpoint::{Checkpoint, CheckpointKind, PublicKey};
+use crate::journal::Row as JournalRow;
 use crate::merkle::{leaf_hash, CompactRange, Hash, CHUNK};
 use crate::seal::Sealer;
 use crate::{AuditError, Decision, EventKind, Record, Seq, StoredRecord};
@@ -172,33 +173,46 @@ pub(crate) fn chain_hash_encoded(prev: &[u8; 32], seq: Seq, record_bytes: &[u8])
     out
 }
 
-/// Appends records after the chain tail inside `tx`; returns the first assigned seq and
-/// calls `on_hash(seq, hash)` for each row. With a `sealer`, each row is sealed.
-pub(crate) fn insert_group<'a>(
-    tx: &Connection,
-    records: impl Iterator<Item = &'a Record>,
+/// Builds the stored row of `record` at `seq` after `prev`: its chain hash, and with a
+/// `sealer` its sealed encoding and clear view. `buf` is scratch space reused across calls.
+pub(crate) fn seal_row(
+    prev: &[u8; 32],
+    seq: Seq,
+    record: &Record,
     buf: &mut Vec<u8>,
     sealer: Option<&Sealer>,
-    mut on_hash: impl FnMut(Seq, &Record, [u8; 32]),
-) -> Result<Seq, AuditError> {
-    let (mut seq, mut prev) = chain_tail(tx)?;
-    let first = seq + 1;
+) -> Result<JournalRow, AuditError> {
+    buf.clear();
+    let encoded = postcard::to_extend(record, std::mem::take(buf))?;
+    let hash = chain_hash_encoded(prev, seq, &encoded);
+    let sealed = match sealer {
+        Some(s) => Some((s.key_id().as_str().to_owned(), s.seal(seq, &encoded)?)),
+        None => None,
+    };
+    *buf = encoded;
+    let (key_id, sealed, clear) = match sealed {
+        Some((k, b)) => (Some(k), Some(b), clear_view(record)),
+        None => (None, None, record.clone()),
+    };
+    Ok(JournalRow {
+        seq,
+        prev_hash: *prev,
+        hash,
+        key_id,
+        sealed,
+        clear,
+    })
+}
+
+/// Inserts rows, already sealed and chained, inside a transaction.
+pub(crate) fn insert_rows<'a>(
+    tx: &Connection,
+    rows: impl IntoIterator<Item = &'a JournalRow>,
+) -> Result<(), AuditError> {
     let mut stmt = tx.prepare_cached(INSERT)?;
-    for r in records {
-        seq += 1;
-        buf.clear();
-        let encoded = postcard::to_extend(r, std::mem::take(buf))?;
-        let hash = chain_hash_encoded(&prev, seq, &encoded);
-        let (key_id, sealed) = match sealer {
-            Some(s) => (Some(s.key_id().as_str()), Some(s.seal(seq, &encoded)?)),
-            None => (None, None),
-        };
-        *buf = encoded;
-        let clear = match sealer {
-            Some(_) => clear_view(r),
-            None => r.clone(),
-        };
-        let r = &clear;
+    for row in rows {
+        let r = &row.clear;
+        let seq = row.seq;
         let groups = serde_json::to_string(&r.groups).map_err(|_| AuditError::Corrupt {
             seq,
             reason: "groups cannot be encoded as JSON".into(),
@@ -231,15 +245,38 @@ pub(crate) fn insert_group<'a>(
             r.duration_us,
             r.ref_seq,
             r.config_hash,
-            &prev[..],
-            &hash[..],
-            key_id,
-            sealed,
+            &row.prev_hash[..],
+            &row.hash[..],
+            row.key_id,
+            row.sealed,
         ])?;
-        on_hash(seq, r, hash);
-        prev = hash;
     }
-    Ok(first)
+    Ok(())
+}
+
+/// Inserts the rows of `rows` that follow the table's tail (a journal replayed after a crash
+/// may repeat rows already ingested), checking that they continue the chain. Returns how
+/// many were inserted. Inside a transaction.
+pub(crate) fn replay_rows(tx: &Connection, rows: &[JournalRow]) -> Result<usize, AuditError> {
+    let (tail, tail_hash) = chain_tail(tx)?;
+    let mut expect = (tail, tail_hash);
+    let mut fresh = Vec::new();
+    for row in rows {
+        if row.seq <= tail {
+            continue;
+        }
+        if row.seq != expect.0 + 1 || row.prev_hash != expect.1 {
+            return Err(AuditError::Corrupt {
+                seq: row.seq,
+                reason: "the audit journal does not continue the stored chain".into(),
+            });
+        }
+        expect = (row.seq, row.hash);
+        fresh.push(row);
+    }
+    let n = fresh.len();
+    insert_rows(tx, fresh)?;
+    Ok(n)
 }
 
 /// The record as its clear columns show it when sealed: the sensitive fields (source,

@@ -13,44 +13,34 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointKind, PublicKey};
-use crate::merkle::{CompactRange, CHUNK};
+use crate::journal::{self, Journal, LockOutcome, Row};
+use crate::merkle::{CompactRange, Hash, CHUNK};
 use crate::schema::{self, DEFAULT_BUSY_TIMEOUT};
 use crate::seal::Sealer;
 use crate::{AuditError, Record, Seq};
 
-/// Durability of acknowledged records (the journal is always WAL).
+/// Durability of acknowledged records. Either way a record is acknowledged only once its
+/// group is written to the journal, which survives a crash of the gateway process at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Synchronous {
-    /// *Bounded* (the default): `synchronous=NORMAL`, and the writer fsyncs the WAL at most
-    /// [`StoreOptions::sync_window`] after a commit. A committed record survives a crash of
-    /// the gateway process at once, and an OS crash or power loss once the window has passed
-    /// (never corrupts the file).
+    /// *Bounded* (the default): the writer fsyncs the journal at most
+    /// [`StoreOptions::sync_window`] after a group is written; a record survives an OS crash
+    /// or power loss once the window has passed.
     #[default]
     Normal,
-    /// *Strict*: `synchronous=FULL`, every group commit is fsynced before any record in it
-    /// is acknowledged; survives power loss.
+    /// *Strict*: every group is fsynced (one `fdatasync` for all the sessions' records in it)
+    /// before any record in it is acknowledged; survives power loss.
     Full,
-}
-
-impl Synchronous {
-    fn pragma_value(self) -> &'static str {
-        match self {
-            Synchronous::Normal => "NORMAL",
-            Synchronous::Full => "FULL",
-        }
-    }
 }
 
 /// How to open an [`AuditStore`].
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Durability of each group commit.
+    /// Durability of acknowledged records.
     pub synchronous: Synchronous,
-    /// Most records one group (one transaction) takes off the queue. At least 1.
-    pub max_batch: usize,
-    /// How long a write waits for a lock held by another connection before the group fails.
+    /// How long an ingestion waits for a lock held by another connection before it fails.
     pub busy_timeout: Duration,
-    /// With [`Synchronous::Normal`]: the most time between a commit and the fsync of the WAL
+    /// With [`Synchronous::Normal`]: the most time between a journal write and the fsync
     /// that makes it survive power loss.
     pub sync_window: Duration,
     /// A signed checkpoint after this many records (with a key store). At least 1.
@@ -58,79 +48,252 @@ pub struct StoreOptions {
     /// A signed checkpoint when this much time has passed since the last one and records
     /// were added (with a key store).
     pub checkpoint_interval: Duration,
+    /// The most time a journaled record waits before it is ingested into SQLite (and so
+    /// becomes visible to readers).
+    pub ingest_window: Duration,
+    /// Ingest at once when this many journaled records wait. At least 1.
+    pub ingest_batch: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             synchronous: Synchronous::Normal,
-            max_batch: 4096,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             sync_window: Duration::from_millis(10),
             checkpoint_every: 10_000,
             checkpoint_interval: Duration::from_secs(60),
+            ingest_window: Duration::from_millis(5),
+            ingest_batch: 2048,
         }
     }
 }
 
 type Ack<T> = oneshot::Sender<Result<T, AuditError>>;
 
-#[allow(
-    clippy::large_enum_variant,
-    reason = "`One` is the hot path; boxing it would add an allocation per record"
-)]
+/// Requests to the background thread.
 enum Msg {
-    One {
-        record: Record,
-        /// `None` for `append_nowait`.
-        ack: Option<Ack<Seq>>,
+    /// Rows are pending or the journal is dirty: plan ingestion (at once if `now`) and the
+    /// fsync of the sync window.
+    Wake {
+        now: bool,
     },
-    Many {
-        records: Vec<Record>,
-        ack: Ack<Vec<Seq>>,
-    },
+    /// Strict mode: acknowledge once the journal is fsynced past the caller's records.
+    Sync(Ack<()>),
     Flush(Ack<()>),
     Checkpoint(CheckpointKind, mpsc::Sender<Result<Checkpoint, AuditError>>),
     PolicyHash(Option<String>),
     Shutdown(mpsc::Sender<Result<(), AuditError>>),
 }
 
-/// How long a group of only unacknowledged records may wait for an acknowledged one.
-const LAZY_COMMIT: Duration = Duration::from_millis(2);
+/// State shared by every handle and the background thread.
+struct Shared {
+    /// False after a failed append or ingestion until an append succeeds again.
+    healthy: AtomicBool,
+    /// True once the background thread has exited.
+    gone: AtomicBool,
+    /// The append side, taken by each append for the few microseconds it needs.
+    log: Mutex<Log>,
+}
 
-impl Msg {
-    /// An `append_nowait` record: nobody waits for its commit.
-    fn is_lazy(&self) -> bool {
-        matches!(self, Msg::One { ack: None, .. })
-    }
-
-    fn record_count(&self) -> usize {
-        match self {
-            Msg::One { .. } => 1,
-            Msg::Many { records, .. } => records.len(),
-            Msg::Flush(_) | Msg::Shutdown(_) | Msg::Checkpoint(..) | Msg::PolicyHash(_) => 0,
-        }
+impl Shared {
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        // Nothing under the lock panics by design; if something did, the state is still
+        // consistent at every await-free step, so carry on rather than wedge every session.
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// State the writer thread shares with the handles.
-#[derive(Debug)]
-struct Shared {
-    /// False after a failed group until a group commits again.
-    healthy: AtomicBool,
-    /// True once the writer thread has exited.
-    gone: AtomicBool,
+/// Everything an append needs: the chain and tree tails, the sealer and the journal.
+struct Log {
+    journal: Journal,
+    /// Identity of the journal file at open, checked before every append.
+    journal_file: FileIdentity,
+    sealer: Option<Sealer>,
+    /// Scratch buffer for the canonical encoding.
+    buf: Vec<u8>,
+    /// Scratch buffer for one append's frames.
+    frames: Vec<u8>,
+    /// Seq of the last journaled record.
+    last_seq: Seq,
+    /// Chain hash of the last journaled record.
+    last_hash: [u8; 32],
+    /// The tree over every journaled record.
+    merkle: CompactRange,
+    /// Journaled rows not yet ingested into SQLite, in seq order.
+    pending: Vec<Row>,
+    /// Merkle chunk hashes completed by pending rows.
+    pending_chunks: Vec<(u64, Hash)>,
+    /// The newest `config_hash` journaled.
+    config_hash: Option<String>,
+    /// Why the last ingestion failed; while set every append is refused (fail closed).
+    ingest_error: Option<Arc<AuditError>>,
+    /// `append_nowait` records that could not be journaled yet (disk full, ingestion
+    /// failing): written, in order, ahead of the next append that succeeds.
+    deferred: Vec<Record>,
+    /// `append_nowait` records dropped (deferral queue full, or the store stopped) since
+    /// the last flush reported them.
+    lost: u64,
+    /// The first journal write since the last fsync (bounded durability).
+    unsynced_since: Option<Instant>,
+    /// The background thread is stopping or gone: appends are refused.
+    stopped: bool,
+    ingest_batch: usize,
+    strict: bool,
+}
+
+/// Most `append_nowait` records kept while the journal cannot be written.
+const MAX_DEFERRED: usize = 65_536;
+
+/// What an append asks of the background thread.
+enum Nudge {
+    None,
+    /// Plan ingestion and the fsync window.
+    Wake,
+    /// A full ingest batch waits: ingest now.
+    Now,
+}
+
+impl Log {
+    /// Seals, chains and encodes `records`, appends them to the journal with one write (the
+    /// records are then safe from a crash of the process), and queues the rows for ingestion.
+    /// Returns the first seq. On error nothing of it is kept (the journal is cut back).
+    fn append(&mut self, records: &[Record]) -> Result<(Seq, Nudge), AuditError> {
+        if self.deferred.is_empty() {
+            return self.append_records(records);
+        }
+        let mut all = std::mem::take(&mut self.deferred);
+        let before = all.len();
+        all.extend_from_slice(records);
+        match self.append_records(&all) {
+            Ok((first, nudge)) => Ok((first + Seq::try_from(before).unwrap_or(0), nudge)),
+            Err(e) => {
+                all.truncate(before);
+                self.deferred = all;
+                Err(e)
+            }
+        }
+    }
+
+    /// An unacknowledged record (a statement's outcome, a session's end): kept in memory
+    /// and journaled with the next append, or by the background thread within the ingest
+    /// window, whichever comes first. That halves the journal writes of a statement (its
+    /// write-ahead record carries the previous outcome along) at no cost in guarantees:
+    /// nobody waits for such a record. Bounded: beyond [`MAX_DEFERRED`] records waiting (the
+    /// journal failing for long) they are dropped and counted as lost.
+    fn defer(&mut self, record: Record) -> Result<Nudge, AuditError> {
+        if self.stopped {
+            self.lost += 1;
+            return Err(AuditError::WriterGone);
+        }
+        if self.deferred.len() >= MAX_DEFERRED {
+            self.lost += 1;
+            return Err(AuditError::Unhealthy);
+        }
+        self.deferred.push(record);
+        Ok(match self.deferred.len() {
+            1 => Nudge::Wake,
+            n if n == self.ingest_batch => Nudge::Now,
+            _ => Nudge::None,
+        })
+    }
+
+    /// Journals the deferred records now (the background thread, before ingesting).
+    fn write_deferred(&mut self) -> Result<(), AuditError> {
+        if self.deferred.is_empty() || self.stopped {
+            return Ok(());
+        }
+        self.append(&[]).map(|_| ())
+    }
+
+    fn append_records(&mut self, records: &[Record]) -> Result<(Seq, Nudge), AuditError> {
+        if self.stopped {
+            return Err(AuditError::WriterGone);
+        }
+        if let Some(e) = &self.ingest_error {
+            return group_failed(e);
+        }
+        let first = self.last_seq + 1;
+        let mut seq = self.last_seq;
+        let mut prev = self.last_hash;
+        let mut merkle = self.merkle.clone();
+        let mut chunks = Vec::new();
+        let mut config_hash = None;
+        let pending_before = self.pending.len();
+        self.frames.clear();
+        let mut built = Ok(());
+        for r in records {
+            seq += 1;
+            let row = match schema::seal_row(&prev, seq, r, &mut self.buf, self.sealer.as_ref())
+                .and_then(|row| journal::encode_frame(&row, &mut self.frames).map(|()| row))
+            {
+                Ok(row) => row,
+                Err(e) => {
+                    built = Err(e);
+                    break;
+                }
+            };
+            let leaf = crate::merkle::leaf_hash(&row.hash);
+            if let Some(h) = merkle.push_capture(leaf, CHUNK.trailing_zeros()) {
+                chunks.push((merkle.size() / CHUNK - 1, h));
+            }
+            if r.config_hash.is_some() {
+                config_hash = r.config_hash.clone();
+            }
+            prev = row.hash;
+            self.pending.push(row);
+        }
+        // A journal unlinked or replaced under the store would take acknowledged records
+        // with it: checked (one stat) before every append.
+        let written = built
+            .and_then(|()| self.journal_file.check())
+            .and_then(|()| self.journal.append(&self.frames));
+        if let Err(e) = written {
+            self.pending.truncate(pending_before);
+            return Err(AuditError::GroupFailed(Arc::new(e)));
+        }
+        self.last_seq = seq;
+        self.last_hash = prev;
+        self.merkle = merkle;
+        self.pending_chunks.extend(chunks);
+        if config_hash.is_some() {
+            self.config_hash = config_hash;
+        }
+        let first_unsynced = !self.strict && self.unsynced_since.is_none();
+        if first_unsynced {
+            self.unsynced_since = Some(Instant::now());
+        }
+        let nudge = if pending_before < self.ingest_batch && self.pending.len() >= self.ingest_batch
+        {
+            Nudge::Now
+        } else if pending_before == 0 || first_unsynced {
+            Nudge::Wake
+        } else {
+            Nudge::None
+        };
+        Ok((first, nudge))
+    }
 }
 
 #[derive(Debug)]
 struct Inner {
     tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
+    strict: bool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("healthy", &self.healthy)
+            .field("gone", &self.gone)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Inner {
-    /// Asks the writer to commit what is queued and stop, waits for its answer, joins it.
+    /// Asks the writer to ingest everything and stop, waits for its answer, joins it.
     fn stop(&self) -> Result<(), AuditError> {
         let (ack, answer) = mpsc::channel();
         let result = match self.tx.send(Msg::Shutdown(ack)) {
@@ -151,7 +314,7 @@ impl Inner {
 }
 
 impl Drop for Inner {
-    /// The last handle going away drains the queue, commits and joins the writer (blocking).
+    /// The last handle going away ingests everything and joins the writer (blocking).
     fn drop(&mut self) {
         let already_stopped = match self.thread.get_mut() {
             Ok(t) => t.is_none(),
@@ -165,11 +328,12 @@ impl Drop for Inner {
     }
 }
 
-/// Handle to the write-ahead audit store. Cheap to clone; all clones feed one writer thread.
+/// Handle to the write-ahead audit store. Cheap to clone; all clones share one journal and
+/// one background thread.
 ///
-/// Shutdown: [`AuditStore::shutdown`] stops the writer for every clone after committing
-/// everything queued before it. Dropping the last clone does the same (it blocks the dropping
-/// thread for the final commit); dropping other clones does nothing.
+/// Shutdown: [`AuditStore::shutdown`] stops the writer for every clone after ingesting
+/// everything journaled before it. Dropping the last clone does the same (it blocks the
+/// dropping thread for the final commit); dropping other clones does nothing.
 #[derive(Clone, Debug)]
 pub struct AuditStore {
     inner: Arc<Inner>,
@@ -203,8 +367,10 @@ impl AuditStore {
         opts: StoreOptions,
         keys: Option<Arc<dyn KeyStore>>,
     ) -> Result<AuditStore, AuditError> {
-        if opts.max_batch == 0 {
-            return Err(AuditError::InvalidOptions("max_batch must be at least 1"));
+        if opts.ingest_batch == 0 {
+            return Err(AuditError::InvalidOptions(
+                "ingest_batch must be at least 1",
+            ));
         }
         if opts.checkpoint_every == 0 {
             return Err(AuditError::InvalidOptions(
@@ -228,8 +394,18 @@ impl AuditStore {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(AuditError::NotWal { mode });
         }
-        conn.pragma_update(None, "synchronous", opts.synchronous.pragma_value())?;
+        // The journal carries durability; SQLite's WAL is fsynced before the journal is
+        // emptied, so `NORMAL` loses nothing in either mode.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         schema::ensure_schema(&mut conn)?;
+        let mut journal = match Journal::lock(path)? {
+            LockOutcome::Locked(j) => j,
+            LockOutcome::Busy => return Err(AuditError::Locked),
+        };
+        let replayed = replay_journal(&mut conn, &mut journal, path)?;
+        if replayed > 0 {
+            tracing::info!(records = replayed, "audit journal replayed into the store");
+        }
         // Fail at open, not at the first append, if the tail row is unreadable.
         let (last_seq, last_hash) = schema::chain_tail(&conn)?;
         let sealed_before = schema::meta_get(&conn, schema::META_SEALED)?.is_some();
@@ -266,30 +442,52 @@ impl AuditStore {
         let covered = last_cp.as_ref().map_or(0, |cp| cp.size);
         tracing::info!(last_seq, sealed = sealer.is_some(), "audit store opened");
 
+        let ingested = merkle.size();
+        let strict = opts.synchronous == Synchronous::Full;
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
             gone: AtomicBool::new(false),
+            log: Mutex::new(Log {
+                journal_file: FileIdentity::of(&journal::path_for(path))?,
+                sealer,
+                buf: Vec::new(),
+                frames: Vec::new(),
+                last_seq,
+                last_hash,
+                merkle,
+                pending: Vec::new(),
+                pending_chunks: Vec::new(),
+                config_hash,
+                ingest_error: None,
+                deferred: Vec::new(),
+                lost: 0,
+                unsynced_since: None,
+                stopped: false,
+                // Ingestion is what lets a checkpoint happen: never wait for more records
+                // than a checkpoint should cover.
+                ingest_batch: opts
+                    .ingest_batch
+                    .min(usize::try_from(opts.checkpoint_every).unwrap_or(usize::MAX)),
+                strict,
+                journal,
+            }),
         });
+        let sync_file = std::fs::File::open(journal::path_for(path))?;
         let (tx, rx) = mpsc::channel();
-        let now = Instant::now();
         let writer = Writer {
             conn,
             rx,
             shared: Arc::clone(&shared),
-            max_batch: opts.max_batch,
-            lost: 0,
-            buf: Vec::new(),
+            sync_file,
             file: FileIdentity::of(path)?,
             path: path.to_owned(),
             keys,
-            sealer,
-            merkle,
-            last_hash,
             covered,
-            last_checkpoint_at: now,
-            config_hash,
+            ingested,
+            last_checkpoint_at: Instant::now(),
             policy_hash,
-            unsynced_since: None,
+            ingest_at: None,
+            sync_at: None,
             opts,
         };
         let thread = std::thread::Builder::new()
@@ -299,14 +497,15 @@ impl AuditStore {
             inner: Arc::new(Inner {
                 tx,
                 shared,
+                strict,
                 thread: Mutex::new(Some(thread)),
             }),
         })
     }
 
-    /// Writes a signed checkpoint of everything committed so far (after everything queued
-    /// before this call is committed) and updates the high-water mark. Blocks the calling
-    /// thread for the commit and the signature (call from `spawn_blocking` in async code).
+    /// Writes a signed checkpoint of everything journaled so far (after ingesting it) and
+    /// updates the high-water mark. Blocks the calling thread for the commit and the
+    /// signature (call from `spawn_blocking` in async code).
     pub fn checkpoint_now(&self) -> Result<Checkpoint, AuditError> {
         self.checkpoint_of_kind(CheckpointKind::Demand)
     }
@@ -328,56 +527,57 @@ impl AuditStore {
         self.send(Msg::PolicyHash(hash))
     }
 
-    /// Queues `record` and resolves with its sequence number once its group has committed.
-    /// Dropping the future does not withdraw the record.
+    /// Writes `record` to the journal on the calling thread and resolves with its sequence
+    /// number: at once in bounded mode (the record survives a crash of the process), after
+    /// the journal's group fsync in strict mode. Never blocks longer than one `write(2)`
+    /// (plus, in strict mode, awaiting the fsync).
     pub async fn append(&self, record: Record) -> Result<Seq, AuditError> {
-        let (ack, answer) = oneshot::channel();
-        self.send(Msg::One {
-            record,
-            ack: Some(ack),
-        })?;
-        answer.await.unwrap_or(Err(AuditError::WriterGone))
+        let seq = self.journal(std::slice::from_ref(&record))?;
+        self.durable().await?;
+        Ok(seq)
     }
 
-    /// Queues several records to be committed in the same transaction, with one
-    /// acknowledgement. Sequence numbers are consecutive, in input order.
+    /// Writes several records with one journal write and one acknowledgement. Sequence
+    /// numbers are consecutive, in input order.
     pub async fn append_batch(&self, records: Vec<Record>) -> Result<Vec<Seq>, AuditError> {
-        let (ack, answer) = oneshot::channel();
-        self.send(Msg::Many { records, ack })?;
-        answer.await.unwrap_or(Err(AuditError::WriterGone))
+        let first = self.journal(&records)?;
+        self.durable().await?;
+        let n = Seq::try_from(records.len()).unwrap_or(Seq::MAX);
+        Ok((first..first + n).collect())
     }
 
-    /// Queues `record` without waiting: it is committed, in order, with the next group.
-    /// Refused with [`AuditError::Unhealthy`] while the last group has failed, and with
-    /// [`AuditError::WriterGone`] after shutdown. A later [`flush`](Self::flush) reports any
-    /// such record whose group then failed.
+    /// Writes `record` to the journal without awaiting its fsync (strict mode) and without
+    /// an answer. When the journal cannot be written (disk full, ingestion failing), the
+    /// record is kept in memory (up to a bound) and written ahead of the next append that
+    /// succeeds; the error is still returned. Records dropped (bound reached, store stopped)
+    /// are reported by the next [`flush`](Self::flush) as [`AuditError::Lost`].
     pub fn append_nowait(&self, record: Record) -> Result<(), AuditError> {
-        if !self.inner.shared.healthy.load(Ordering::Acquire) {
-            return Err(if self.inner.shared.gone.load(Ordering::Acquire) {
-                AuditError::WriterGone
-            } else {
-                AuditError::Unhealthy
-            });
+        let result = self.inner.shared.log().defer(record);
+        match result {
+            Ok(nudge) => {
+                self.nudge(nudge);
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        self.send(Msg::One { record, ack: None })
     }
 
-    /// Resolves once everything queued before it is committed. Fails with
-    /// [`AuditError::Lost`] if records queued by `append_nowait` since the last report were
-    /// not committed, or with the group's error if the final group failed.
+    /// Resolves once everything journaled before it is ingested into SQLite (visible to
+    /// readers). Fails with [`AuditError::Lost`] if `append_nowait` records were refused
+    /// since the last report, or with the ingestion's error.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (ack, answer) = oneshot::channel();
         self.send(Msg::Flush(ack))?;
         answer.await.unwrap_or(Err(AuditError::WriterGone))
     }
 
-    /// True while the writer runs and the last group (if any) committed.
+    /// True while the writer runs and the last append and ingestion succeeded.
     pub fn is_healthy(&self) -> bool {
         self.inner.shared.healthy.load(Ordering::Acquire)
             && !self.inner.shared.gone.load(Ordering::Acquire)
     }
 
-    /// Commits everything queued before this call, stops the writer thread and joins it.
+    /// Ingests everything journaled before this call, stops the writer thread and joins it.
     /// Blocks the calling thread (call `flush().await` first from async code to keep the
     /// blocking part short). Other clones get [`AuditError::WriterGone`] afterwards.
     /// Returns what a final `flush` would have returned.
@@ -388,34 +588,86 @@ impl AuditStore {
     fn send(&self, msg: Msg) -> Result<(), AuditError> {
         self.inner.tx.send(msg).map_err(|_| AuditError::WriterGone)
     }
+
+    /// One journal append on the calling thread.
+    fn journal(&self, records: &[Record]) -> Result<Seq, AuditError> {
+        let result = self.inner.shared.log().append(records);
+        self.after_append(result)
+    }
+
+    /// Health bookkeeping and the nudge to the background thread after an append.
+    fn after_append(&self, result: Result<(Seq, Nudge), AuditError>) -> Result<Seq, AuditError> {
+        let shared = &self.inner.shared;
+        match result {
+            Ok((first, nudge)) => {
+                if !shared.healthy.swap(true, Ordering::AcqRel) {
+                    tracing::info!("audit store recovered: records journaled again");
+                }
+                self.nudge(nudge);
+                Ok(first)
+            }
+            Err(e) => {
+                if shared.healthy.swap(false, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "audit append failed; statements refused");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn nudge(&self, nudge: Nudge) {
+        let now = match nudge {
+            Nudge::None => return,
+            Nudge::Wake => false,
+            Nudge::Now => true,
+        };
+        // A gone writer shows at the next append (the log is stopped).
+        let _ = self.inner.tx.send(Msg::Wake { now });
+    }
+
+    /// In strict mode, awaits the group fsync that covers everything journaled so far.
+    async fn durable(&self) -> Result<(), AuditError> {
+        if !self.inner.strict {
+            return Ok(());
+        }
+        let (ack, answer) = oneshot::channel();
+        self.send(Msg::Sync(ack))?;
+        answer.await.unwrap_or(Err(AuditError::WriterGone))
+    }
 }
 
+/// The background thread: ingests journaled rows into SQLite in batches, fsyncs the journal
+/// (bounded: within the sync window; strict: one fsync per group of waiting appends), writes
+/// checkpoints, empties the journal once its rows are durable in SQLite.
 struct Writer {
     conn: Connection,
     rx: mpsc::Receiver<Msg>,
     shared: Arc<Shared>,
-    max_batch: usize,
-    /// `append_nowait` records dropped by failed groups, not yet reported by a flush.
-    lost: u64,
-    /// Scratch buffer for the canonical encoding.
-    buf: Vec<u8>,
+    /// A second descriptor of the journal, for fsync without holding the log.
+    sync_file: std::fs::File,
     /// Identity of the database file at open.
     file: FileIdentity,
     path: PathBuf,
     keys: Option<Arc<dyn KeyStore>>,
-    sealer: Option<Sealer>,
-    /// The tree over every committed record.
-    merkle: CompactRange,
-    /// Chain hash of the last committed record.
-    last_hash: [u8; 32],
     /// Records covered by the newest checkpoint.
     covered: u64,
+    /// Records ingested (the database's tree size).
+    ingested: u64,
     last_checkpoint_at: Instant,
-    config_hash: Option<String>,
     policy_hash: Option<String>,
-    /// First commit not yet fsynced (bounded durability).
-    unsynced_since: Option<Instant>,
+    /// When pending rows must be ingested.
+    ingest_at: Option<Instant>,
+    /// When the journal must be fsynced (bounded).
+    sync_at: Option<Instant>,
     opts: StoreOptions,
+}
+
+/// What one ingestion moved: the tree it makes whole in the database.
+struct Snapshot {
+    size: u64,
+    root: Hash,
+    last_hash: [u8; 32],
+    config_hash: Option<String>,
 }
 
 /// The database file's path and inode, to notice it being removed or replaced.
@@ -448,6 +700,7 @@ struct GoneOnExit(Arc<Shared>);
 
 impl Drop for GoneOnExit {
     fn drop(&mut self) {
+        self.0.log().stopped = true;
         self.0.gone.store(true, Ordering::Release);
         self.0.healthy.store(false, Ordering::Release);
     }
@@ -456,106 +709,252 @@ impl Drop for GoneOnExit {
 impl Writer {
     fn run(mut self) {
         let _gone = GoneOnExit(Arc::clone(&self.shared));
-        let mut group = Vec::new();
         loop {
-            let first = match self.next_deadline() {
+            let msg = match self.next_deadline() {
                 None => match self.rx.recv() {
-                    Ok(m) => m,
+                    Ok(m) => Some(m),
                     // Fails only when every handle is gone (they send `Shutdown` first).
                     Err(_) => break,
                 },
                 Some(deadline) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     match self.rx.recv_timeout(wait) {
-                        Ok(m) => m,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            self.tick();
-                            continue;
-                        }
+                        Ok(m) => Some(m),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
             };
-            let mut records = first.record_count();
-            let mut stop = matches!(first, Msg::Shutdown(_));
-            group.push(first);
-            while !stop && records < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(msg) => {
-                        records += msg.record_count();
-                        stop = matches!(msg, Msg::Shutdown(_));
-                        group.push(msg);
-                    }
-                    Err(_) => break,
-                }
+            let mut batch: Vec<Msg> = msg.into_iter().collect();
+            while let Ok(m) = self.rx.try_recv() {
+                batch.push(m);
             }
-            // Nobody waits for a group of only `append_nowait` records (statement outcomes,
-            // written after the fact): hold it up to LAZY_COMMIT so that it shares the commit
-            // of the next awaited record. Under load that halves the commits (and the WAL
-            // pages written); an awaited record is never delayed by this.
-            let lazy_until = Instant::now() + LAZY_COMMIT;
-            while !stop && records < self.max_batch && group.iter().all(Msg::is_lazy) {
-                let wait = lazy_until.saturating_duration_since(Instant::now());
-                if wait.is_zero() {
-                    break;
-                }
-                match self.rx.recv_timeout(wait) {
-                    Ok(msg) => {
-                        records += msg.record_count();
-                        stop = matches!(msg, Msg::Shutdown(_));
-                        group.push(msg);
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => break,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        stop = true;
-                        break;
-                    }
-                }
-            }
-            self.commit_group(&mut group, records);
-            self.tick();
-            if stop {
+            if self.handle(batch) {
                 break;
             }
+            self.tick();
         }
         // Messages still queued are dropped with their acknowledgement senders, so their
         // callers see `WriterGone` instead of waiting forever.
     }
 
-    /// When the writer must wake up without a message: the end of the sync window, or the
-    /// checkpoint interval if records are not yet covered.
-    fn next_deadline(&self) -> Option<Instant> {
-        let sync = self.unsynced_since.map(|t| t + self.opts.sync_window);
-        let cp = (self.keys.is_some() && self.merkle.size() > self.covered)
-            .then(|| self.last_checkpoint_at + self.opts.checkpoint_interval);
-        match (sync, cp) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Periodic work: fsync the WAL when the sync window is over; an interval checkpoint when
-    /// enough records or time have passed.
-    fn tick(&mut self) {
-        let now = Instant::now();
-        if let Some(t) = self.unsynced_since {
-            if now >= t + self.opts.sync_window {
-                match self.sync_wal() {
-                    Ok(()) => self.unsynced_since = None,
-                    Err(e) => tracing::error!(error = %e, "audit WAL fsync failed"),
+    /// Handles a batch of messages; true when the writer must stop.
+    fn handle(&mut self, batch: Vec<Msg>) -> bool {
+        let mut syncs = Vec::new();
+        let mut stop = false;
+        for msg in batch {
+            match msg {
+                Msg::Wake { now } => {
+                    let now_i = Instant::now();
+                    let at = if now {
+                        now_i
+                    } else {
+                        now_i + self.opts.ingest_window
+                    };
+                    self.ingest_at = Some(self.ingest_at.map_or(at, |a| a.min(at)));
+                    let since = self.shared.log().unsynced_since;
+                    if let Some(t) = since {
+                        let at = t + self.opts.sync_window;
+                        self.sync_at = Some(self.sync_at.map_or(at, |a| a.min(at)));
+                    }
+                }
+                Msg::Sync(ack) => syncs.push(ack),
+                Msg::Flush(ack) => {
+                    let r = self.ingest().map(|_| ());
+                    let lost = std::mem::take(&mut self.shared.log().lost);
+                    let _ = ack.send(r.and_then(|()| lost_result(lost)));
+                }
+                Msg::Checkpoint(kind, ack) => {
+                    let _ = ack.send(self.checkpoint(kind));
+                }
+                Msg::PolicyHash(h) => self.policy_hash = h,
+                Msg::Shutdown(ack) => {
+                    let _ = ack.send(self.shut_down());
+                    stop = true;
+                    break;
                 }
             }
         }
-        let pending = self.merkle.size() - self.covered.min(self.merkle.size());
+        if !syncs.is_empty() {
+            // One fsync for every append that waits: group commit across sessions.
+            let r = self.sync_file.sync_data();
+            for ack in syncs {
+                let _ = ack.send(match &r {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(AuditError::Io(std::io::Error::new(e.kind(), e.to_string()))),
+                });
+            }
+        }
+        stop
+    }
+
+    /// When the writer must wake up without a message: ingestion, the sync window, or the
+    /// checkpoint interval if records are not yet covered.
+    fn next_deadline(&self) -> Option<Instant> {
+        let cp = (self.keys.is_some() && self.ingested > self.covered)
+            .then(|| self.last_checkpoint_at + self.opts.checkpoint_interval);
+        [self.ingest_at, self.sync_at, cp]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Periodic work that is due: fsync of the journal, ingestion, an interval checkpoint.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if self.sync_at.is_some_and(|t| now >= t) {
+            self.sync_at = None;
+            let since = self.shared.log().unsynced_since.take();
+            if since.is_some() {
+                if let Err(e) = self.sync_file.sync_data() {
+                    tracing::error!(error = %e, "audit journal fsync failed");
+                    let mut log = self.shared.log();
+                    log.unsynced_since = since.min(log.unsynced_since).or(since);
+                    self.sync_at = Some(now + self.opts.sync_window);
+                }
+            }
+        }
+        if self.ingest_at.is_some_and(|t| now >= t) {
+            self.ingest_at = None;
+            if self.ingest().is_err() {
+                // Retried; the rows stay safe in the journal meanwhile.
+                self.ingest_at = Some(now + self.opts.ingest_window);
+            }
+        }
+        let uncovered = self.ingested.saturating_sub(self.covered);
         if self.keys.is_some()
-            && pending > 0
-            && (pending >= self.opts.checkpoint_every
+            && uncovered > 0
+            && (uncovered >= self.opts.checkpoint_every
                 || now >= self.last_checkpoint_at + self.opts.checkpoint_interval)
         {
             if let Err(e) = self.checkpoint(CheckpointKind::Interval) {
                 // Retried at the next interval; verification shows the uncovered records.
                 self.last_checkpoint_at = now;
                 tracing::error!(error = %e, "audit checkpoint failed");
+            }
+        }
+    }
+
+    /// Moves every pending journaled row into SQLite in one transaction (with the Merkle
+    /// chunks they complete) and returns the tree that the database then holds. Once the
+    /// journal has grown past [`JOURNAL_RESET_BYTES`] with nothing left pending, the WAL is
+    /// fsynced and the journal emptied. On failure the rows go back to the front of the
+    /// queue (they are still in the journal), and appends are refused until an ingestion
+    /// succeeds.
+    fn ingest(&mut self) -> Result<Snapshot, AuditError> {
+        let (rows, chunks, snapshot) = {
+            let mut log = self.shared.log();
+            if let Err(e) = log.write_deferred() {
+                // They stay deferred; the store reports unhealthy through the next append.
+                tracing::warn!(error = %e, "deferred audit records not journaled yet");
+            }
+            let snapshot = Snapshot {
+                size: log.merkle.size(),
+                root: log.merkle.root(),
+                last_hash: log.last_hash,
+                config_hash: log.config_hash.clone(),
+            };
+            (
+                std::mem::take(&mut log.pending),
+                std::mem::take(&mut log.pending_chunks),
+                snapshot,
+            )
+        };
+        if rows.is_empty() {
+            return Ok(snapshot);
+        }
+        match self.insert(&rows, &chunks) {
+            Ok(()) => {
+                self.ingested = snapshot.size;
+                let mut log = self.shared.log();
+                if log.ingest_error.take().is_some() {
+                    self.shared.healthy.store(true, Ordering::Release);
+                    tracing::info!("audit store recovered: journal ingested");
+                }
+                let reset_due = log.pending.is_empty() && log.journal.len() >= JOURNAL_RESET_BYTES;
+                drop(log);
+                if reset_due {
+                    self.reset_journal();
+                }
+                Ok(snapshot)
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                let mut log = self.shared.log();
+                if log.ingest_error.is_none() {
+                    tracing::error!(
+                        error = %e,
+                        pending = rows.len() + log.pending.len(),
+                        "audit ingestion into SQLite failed; new records refused until it \
+                         succeeds (journaled records are kept)"
+                    );
+                }
+                let mut back = rows;
+                back.append(&mut log.pending);
+                log.pending = back;
+                let mut back_chunks = chunks;
+                back_chunks.append(&mut log.pending_chunks);
+                log.pending_chunks = back_chunks;
+                log.ingest_error = Some(Arc::clone(&e));
+                self.shared.healthy.store(false, Ordering::Release);
+                group_failed(&e)
+            }
+        }
+    }
+
+    fn insert(&mut self, rows: &[Row], chunks: &[(u64, Hash)]) -> Result<(), AuditError> {
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let result = (|| {
+            let (tail, _) = schema::chain_tail(&self.conn)?;
+            let first = rows.first().map_or(tail + 1, |r| r.seq);
+            if tail + 1 != first {
+                // The table's tail is not where the journal continues: another writer
+                // appended. Refuse rather than sign a tree that does not match the rows.
+                return Err(AuditError::Corrupt {
+                    seq: first,
+                    reason: "records were appended outside this writer".into(),
+                });
+            }
+            schema::insert_rows(&self.conn, rows)?;
+            let mut stmt = self
+                .conn
+                .prepare_cached("INSERT INTO merkle_chunks (chunk, hash) VALUES (?1, ?2)")?;
+            for (k, h) in chunks {
+                stmt.execute(params![i64::try_from(*k).unwrap_or(i64::MAX), &h[..]])?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if let Err(e) = self.conn.prepare_cached("COMMIT")?.execute([]) {
+                    self.rollback();
+                    return Err(e.into());
+                }
+            }
+            Err(e) => {
+                self.rollback();
+                return Err(e);
+            }
+        }
+        // SQLite keeps writing to a file that was unlinked or replaced under it (the open
+        // descriptor stays valid), and such rows would vanish at the next open.
+        self.file.check()
+    }
+
+    /// Empties the journal once everything in it is in SQLite: fsync the WAL first (so a
+    /// power loss cannot take rows the journal no longer holds), then truncate.
+    fn reset_journal(&mut self) {
+        if let Err(e) = self.sync_wal() {
+            tracing::error!(error = %e, "audit WAL fsync failed; journal kept");
+            return;
+        }
+        let mut log = self.shared.log();
+        // Appends since the check above are not in SQLite yet: keep the journal then.
+        if log.pending.is_empty() {
+            if let Err(e) = log.journal.reset() {
+                tracing::error!(error = %e, "audit journal could not be emptied");
+            } else {
+                log.unsynced_since = None;
             }
         }
     }
@@ -572,16 +971,19 @@ impl Writer {
         }
     }
 
-    /// Signs and stores a checkpoint of everything committed, and updates the high-water mark.
+    /// Ingests everything, then signs and stores a checkpoint of it and updates the
+    /// high-water mark.
     fn checkpoint(&mut self, kind: CheckpointKind) -> Result<Checkpoint, AuditError> {
+        // What a checkpoint signs must be in the database it is stored in.
+        let snap = self.ingest()?;
         let keys = self.keys.as_ref().ok_or(AuditError::NoSigningKey)?;
         let mut cp = Checkpoint {
             id: 0,
-            size: self.merkle.size(),
-            root: self.merkle.root(),
+            size: snap.size,
+            root: snap.root,
             time_us: now_us(),
-            last_hash: self.last_hash,
-            config_hash: self.config_hash.clone(),
+            last_hash: snap.last_hash,
+            config_hash: snap.config_hash,
             policy_hash: self.policy_hash.clone(),
             kind,
             signer: PublicKey::of(keys.as_ref())?,
@@ -597,128 +999,36 @@ impl Writer {
         Ok(cp)
     }
 
-    /// Writes every record in `group` in one transaction, then answers every message.
-    fn commit_group(&mut self, group: &mut Vec<Msg>, records: usize) {
-        // A group without records (only flushes) writes nothing and proves nothing about the
-        // health of the store, so it leaves the health flag alone.
-        let result = if records == 0 {
-            Ok(0)
+    /// Refuses further appends, ingests everything, writes the shutdown checkpoint, makes
+    /// SQLite durable and empties the journal.
+    fn shut_down(&mut self) -> Result<(), AuditError> {
+        // Journal and ingest what is deferred or pending, then refuse appends and take in
+        // whatever raced in between.
+        let first = self.ingest().map(|_| ());
+        self.shared.log().stopped = true;
+        let mut result = first.and(self.ingest().map(|_| ()));
+        let lost = std::mem::take(&mut self.shared.log().lost);
+        if result.is_ok() {
+            result = lost_result(lost);
+        }
+        if self.keys.is_some() && self.ingested > self.covered {
+            if let Err(e) = self.checkpoint(CheckpointKind::Shutdown) {
+                tracing::error!(error = %e, "audit shutdown checkpoint failed");
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        let pending = !self.shared.log().pending.is_empty();
+        if pending {
+            // Kept in the journal, replayed at the next open.
+            if let Err(e) = self.sync_file.sync_data() {
+                tracing::error!(error = %e, "audit journal fsync at shutdown failed");
+            }
         } else {
-            self.write(group)
-        };
-        match result {
-            Ok(first) => {
-                if records > 0 && !self.shared.healthy.swap(true, Ordering::AcqRel) {
-                    tracing::info!("audit store recovered: group committed");
-                }
-                let lost = std::mem::take(&mut self.lost);
-                let mut seq = first;
-                let mut checkpoint_acks = Vec::new();
-                let mut shutdown_acks = Vec::new();
-                for msg in group.drain(..) {
-                    match msg {
-                        Msg::One { ack, .. } => {
-                            if let Some(ack) = ack {
-                                let _ = ack.send(Ok(seq));
-                            }
-                            seq += 1;
-                        }
-                        Msg::Many { records, ack } => {
-                            let n = Seq::try_from(records.len()).unwrap_or(Seq::MAX);
-                            let _ = ack.send(Ok((seq..seq + n).collect()));
-                            seq += n;
-                        }
-                        Msg::Flush(ack) => {
-                            let _ = ack.send(lost_result(lost));
-                        }
-                        Msg::Checkpoint(kind, ack) => checkpoint_acks.push((kind, ack)),
-                        Msg::PolicyHash(h) => self.policy_hash = h,
-                        Msg::Shutdown(ack) => shutdown_acks.push(ack),
-                    }
-                }
-                // Several requests in one group share one checkpoint unless their kinds differ.
-                let mut last: Option<(CheckpointKind, Checkpoint)> = None;
-                for (kind, ack) in checkpoint_acks {
-                    let r = match &last {
-                        Some((k, cp)) if *k == kind => Ok(cp.clone()),
-                        _ => self.checkpoint(kind),
-                    };
-                    if let Ok(cp) = &r {
-                        last = Some((kind, cp.clone()));
-                    }
-                    let _ = ack.send(r);
-                }
-                if !shutdown_acks.is_empty() {
-                    let mut result = lost_result(lost);
-                    if self.keys.is_some() && self.merkle.size() > self.covered {
-                        if let Err(e) = self.checkpoint(CheckpointKind::Shutdown) {
-                            tracing::error!(error = %e, "audit shutdown checkpoint failed");
-                            if result.is_ok() {
-                                result = Err(e);
-                            }
-                        }
-                    }
-                    if let Err(e) = self.sync_wal() {
-                        tracing::error!(error = %e, "audit WAL fsync at shutdown failed");
-                    }
-                    let mut result = Some(result);
-                    for ack in shutdown_acks {
-                        let r = match result.take() {
-                            Some(r) => r,
-                            None => lost_result(0),
-                        };
-                        let _ = ack.send(r);
-                    }
-                }
-            }
-            Err(e) => {
-                self.shared.healthy.store(false, Ordering::Release);
-                tracing::error!(error = %e, records, "audit group commit failed; records refused");
-                let e = Arc::new(e);
-                for msg in group.drain(..) {
-                    match msg {
-                        Msg::One { ack: Some(ack), .. } => {
-                            let _ = ack.send(group_failed(&e));
-                        }
-                        Msg::One { ack: None, .. } => self.lost += 1,
-                        Msg::Many { ack, .. } => {
-                            let _ = ack.send(group_failed(&e));
-                        }
-                        Msg::Flush(ack) => {
-                            let _ = ack.send(group_failed(&e));
-                        }
-                        Msg::Checkpoint(_, ack) => {
-                            let _ = ack.send(group_failed(&e));
-                        }
-                        Msg::PolicyHash(h) => self.policy_hash = h,
-                        Msg::Shutdown(ack) => {
-                            let _ = ack.send(group_failed(&e));
-                        }
-                    }
-                }
-            }
+            self.reset_journal();
         }
-    }
-
-    /// One transaction: read the chain tail, insert the records and the Merkle chunks they
-    /// complete, commit. Returns the first seq. On error the transaction is rolled back and
-    /// the in-memory tree is unchanged. BEGIN/COMMIT/ROLLBACK are cached statements (parsing
-    /// them anew was a tenth of the writer's time under load).
-    fn write(&mut self, group: &[Msg]) -> Result<Seq, AuditError> {
-        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        match self.write_in_transaction(group) {
-            Ok(done) => {
-                if let Err(e) = self.conn.prepare_cached("COMMIT")?.execute([]) {
-                    self.rollback();
-                    return Err(e.into());
-                }
-                Ok(self.committed(done)?)
-            }
-            Err(e) => {
-                self.rollback();
-                Err(e)
-            }
-        }
+        result
     }
 
     fn rollback(&self) {
@@ -732,88 +1042,104 @@ impl Writer {
             }
         }
     }
+}
 
-    fn write_in_transaction(&mut self, group: &[Msg]) -> Result<Written, AuditError> {
-        let tx = &self.conn;
-        let records = group.iter().flat_map(|msg| match msg {
-            Msg::One { record, .. } => std::slice::from_ref(record),
-            Msg::Many { records, .. } => records.as_slice(),
-            _ => &[],
-        });
-        let mut merkle = self.merkle.clone();
-        let mut last_hash = self.last_hash;
-        let mut config_hash = None;
-        let mut chunks = Vec::new();
-        let first = schema::insert_group(
-            tx,
-            records,
-            &mut self.buf,
-            self.sealer.as_ref(),
-            |_, r, hash| {
-                let leaf = crate::merkle::leaf_hash(&hash);
-                if let Some(h) = merkle.push_capture(leaf, CHUNK.trailing_zeros()) {
-                    chunks.push((merkle.size() / CHUNK - 1, h));
-                }
-                if r.config_hash.is_some() {
-                    config_hash = r.config_hash.clone();
-                }
-                last_hash = hash;
-            },
-        )?;
-        if u64::try_from(first - 1).ok() != Some(self.merkle.size()) {
-            // The table's tail is not where the tree ends: another writer appended. Refuse
-            // rather than sign a tree that does not match the rows.
-            return Err(AuditError::Corrupt {
-                seq: first,
-                reason: "records were appended outside this writer".into(),
-            });
+/// The journal is emptied (after an fsync of the WAL) once it is this large and everything
+/// in it is ingested.
+const JOURNAL_RESET_BYTES: u64 = 4 << 20;
+
+/// Replays the journal's rows that the database lacks (after a crash), makes them durable in
+/// SQLite and empties the journal. Returns how many rows were inserted.
+fn replay_journal(
+    conn: &mut Connection,
+    journal: &mut Journal,
+    path: &Path,
+) -> Result<usize, AuditError> {
+    let rows = journal.read_all()?;
+    if rows.is_empty() {
+        if journal.len() > 0 {
+            journal.reset()?;
         }
-        {
-            let mut stmt =
-                tx.prepare_cached("INSERT INTO merkle_chunks (chunk, hash) VALUES (?1, ?2)")?;
-            for (k, h) in &chunks {
-                stmt.execute(params![i64::try_from(*k).unwrap_or(i64::MAX), &h[..]])?;
-            }
-        }
-        Ok(Written {
-            first,
-            merkle,
-            last_hash,
-            config_hash,
-        })
+        return Ok(0);
     }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let n = schema::replay_rows(&tx, &rows)?;
+    tx.commit()?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    match std::fs::File::open(PathBuf::from(wal)) {
+        Ok(f) => f.sync_data()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    journal.reset()?;
+    Ok(n)
+}
 
-    /// Updates the in-memory state after a commit.
-    fn committed(&mut self, done: Written) -> Result<Seq, AuditError> {
-        let Written {
-            first,
-            merkle,
-            last_hash,
-            config_hash,
-        } = done;
-        // SQLite keeps writing to a file that was unlinked or replaced under it (the open
-        // descriptor stays valid), and such records would vanish at the next open. Checked
-        // after the commit so a removal before this point fails the group it hit.
-        self.file.check()?;
-        self.merkle = merkle;
-        self.last_hash = last_hash;
-        if config_hash.is_some() {
-            self.config_hash = config_hash;
+/// Makes every acknowledged record visible to readers of the store at `path`: ingests what a
+/// crashed writer left in the journal when no writer runs, or, while a gateway runs, waits
+/// (up to a few seconds) until it has ingested what its journal holds now. Readers call
+/// this before reading. Needs no keys: journal rows are sealed already. Returns how many
+/// records were moved into the database.
+pub fn recover(path: &Path) -> Result<usize, AuditError> {
+    let jpath = journal::path_for(path);
+    match std::fs::metadata(&jpath) {
+        Ok(m) if m.len() > 0 => {}
+        Ok(_) => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
+    let mut journal = match Journal::lock(path)? {
+        LockOutcome::Locked(j) => j,
+        LockOutcome::Busy => {
+            wait_for_ingestion(path)?;
+            return Ok(0);
         }
-        if self.opts.synchronous == Synchronous::Normal && self.unsynced_since.is_none() {
-            self.unsynced_since = Some(Instant::now());
+    };
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)?;
+    schema::ensure_schema(&mut conn)?;
+    let n = replay_journal(&mut conn, &mut journal, path)?;
+    // Fill in the Merkle chunks the replayed rows complete.
+    schema::rebuild_merkle(&mut conn)?;
+    Ok(n)
+}
+
+/// A gateway runs and owns the journal: wait (briefly) until it has ingested what the
+/// journal holds now, so that a reader started after a statement sees that statement's
+/// record. Gives up quietly after [`INGEST_WAIT`] (a stalled writer is the writer's problem).
+fn wait_for_ingestion(path: &Path) -> Result<(), AuditError> {
+    let Some(want) = journal::last_seq_unlocked(path)? else {
+        return Ok(());
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)?;
+    let deadline = Instant::now() + INGEST_WAIT;
+    loop {
+        let (tail, _) = schema::chain_tail(&conn)?;
+        if tail >= want {
+            return Ok(());
         }
-        Ok(first)
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                stored = tail,
+                journaled = want,
+                "the running gateway has not ingested its audit journal yet"
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-/// What one group's transaction produced, applied to the writer once it commits.
-struct Written {
-    first: Seq,
-    merkle: CompactRange,
-    last_hash: [u8; 32],
-    config_hash: Option<String>,
-}
+/// How long a reader waits for a running writer to ingest its journal.
+const INGEST_WAIT: Duration = Duration::from_secs(5);
 
 /// Refuses to open a database that is older than its high-water mark.
 fn check_high_water_mark(

@@ -81,6 +81,8 @@ async fn round_trip_of_all_fields() {
     let full = full_record();
     assert_eq!(within(store.append(minimal.clone())).await.unwrap(), 1);
     assert_eq!(within(store.append(full.clone())).await.unwrap(), 2);
+    // Acknowledged records are journaled; a flush (or the ingest window) makes them visible.
+    within(store.flush()).await.unwrap();
 
     let reader = AuditReader::open(&path).unwrap();
     let got = reader.tail(10).unwrap();
@@ -313,7 +315,7 @@ async fn concurrent_appends_are_all_acknowledged_and_present() {
     let store = AuditStore::open(
         &path,
         StoreOptions {
-            max_batch: 64,
+            ingest_batch: 64,
             ..StoreOptions::default()
         },
     )
@@ -346,6 +348,7 @@ async fn concurrent_appends_are_all_acknowledged_and_present() {
     }
     let n = TASKS * PER_TASK;
     assert_eq!(all, (1..=n).collect::<BTreeSet<_>>());
+    within(store.flush()).await.unwrap();
 
     let reader = AuditReader::open(&path).unwrap();
     let rows = reader.after(0, usize::MAX).unwrap();
@@ -431,11 +434,12 @@ fn assert_no_contents(e: &AuditError) {
     }
 }
 
-/// An insert that SQLite rejects (here a trigger standing in for any write failure) fails the
-/// whole group, marks the store unhealthy, refuses `append_nowait`, and the store recovers
-/// on the first group that commits afterwards. Nothing committed before is lost.
+/// SQLite rejecting rows (here a trigger standing in for any write failure) is found when
+/// the journal is ingested: the store turns unhealthy, every new group is refused (fail
+/// closed) and `append_nowait` too, while the rows already journaled are kept and reach the
+/// database once SQLite accepts them again. Nothing acknowledged is lost.
 #[tokio::test]
-async fn failed_group_fails_closed_then_recovers() {
+async fn failed_ingestion_fails_closed_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
     let store = open(&path);
@@ -448,51 +452,55 @@ async fn failed_group_fails_closed_then_recovers() {
     )
     .unwrap();
 
-    // A nowait record queued while healthy is reported lost by the next flush.
-    store.append_nowait(poison()).unwrap();
+    // Journaled (acknowledged) while healthy; the flush's ingestion then fails.
+    assert_eq!(within(store.append(stmt(4))).await.unwrap(), 4);
     let e = within(store.flush()).await.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            AuditError::Lost { count: 1 } | AuditError::GroupFailed(_)
-        ),
-        "{e:?}"
-    );
-    assert!(!store.is_healthy());
-
-    let e = within(store.append(poison())).await.unwrap_err();
     assert!(matches!(e, AuditError::GroupFailed(_)), "{e:?}");
     assert!(e.to_string().contains("injected"));
     assert_no_contents(&e);
-    let e = within(store.append_batch(vec![stmt(4), poison()]))
+    assert!(!store.is_healthy());
+
+    // Fail closed: nothing new is accepted while ingestion fails.
+    let e = within(store.append(poison())).await.unwrap_err();
+    assert!(matches!(e, AuditError::GroupFailed(_)), "{e:?}");
+    assert_no_contents(&e);
+    let e = within(store.append_batch(vec![stmt(5), poison()]))
         .await
         .unwrap_err();
     assert_no_contents(&e);
-    assert!(matches!(
-        store.append_nowait(stmt(5)),
-        Err(AuditError::Unhealthy)
-    ));
-    assert!(!store.is_healthy());
+    // An unacknowledged record is kept in memory and journaled once the store heals.
+    store.append_nowait(stmt(5)).unwrap();
 
     db.execute_batch("DROP TRIGGER fail_all;").unwrap();
-    assert_eq!(within(store.append(stmt(6))).await.unwrap(), 4);
+    // The writer retries within its ingest window; a flush retries at once.
+    within(store.flush()).await.unwrap();
+    assert_eq!(within(store.append(stmt(6))).await.unwrap(), 6);
     assert!(store.is_healthy());
     store.append_nowait(stmt(7)).unwrap();
-    // The lost record was already reported (or this flush reports it); afterwards clean.
-    let _ = within(store.flush()).await;
     within(store.flush()).await.unwrap();
     store.shutdown().unwrap();
 
     let reader = AuditReader::open(&path).unwrap();
     let rows = reader.after(0, 100).unwrap();
     let got: Vec<_> = rows.iter().map(|r| r.record.clone()).collect();
-    assert_eq!(got, vec![stmt(1), stmt(2), stmt(3), stmt(6), stmt(7)]);
-    assert_eq!(rows.last().unwrap().seq, 5);
+    let want = vec![
+        stmt(1),
+        stmt(2),
+        stmt(3),
+        stmt(4),
+        stmt(5),
+        stmt(6),
+        stmt(7),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(rows.last().unwrap().seq, 7);
     assert!(reader.verify_chain().unwrap().is_ok());
 }
 
-/// Another process holding the write lock: appends fail after the busy timeout instead of
-/// hanging, and succeed once the lock is released.
+/// Another process holding SQLite's write lock delays ingestion, not the statement path:
+/// appends are acknowledged from the journal, ingestion fails after the busy timeout (the
+/// store turns unhealthy and refuses new groups) instead of hanging, and once the lock is
+/// released everything journaled reaches the database.
 #[tokio::test]
 async fn locked_database_fails_within_busy_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -507,17 +515,39 @@ async fn locked_database_fails_within_busy_timeout() {
     )
     .unwrap();
     within(store.append(stmt(1))).await.unwrap();
+    within(store.flush()).await.unwrap();
     let db = Connection::open(&path).unwrap();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert_eq!(within(store.append(stmt(2))).await.unwrap(), 2);
     let started = Instant::now();
-    let e = within(store.append(stmt(2))).await.unwrap_err();
+    let e = within(store.flush()).await.unwrap_err();
     assert!(matches!(e, AuditError::GroupFailed(_)), "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!store.is_healthy());
     db.execute_batch("COMMIT").unwrap();
-    assert_eq!(within(store.append(stmt(3))).await.unwrap(), 2);
+    within(store.flush()).await.unwrap();
+    assert_eq!(within(store.append(stmt(3))).await.unwrap(), 3);
     assert!(store.is_healthy());
     store.shutdown().unwrap();
+    let reader = AuditReader::open(&path).unwrap();
+    assert_eq!(reader.tail(10).unwrap().len(), 3);
+}
+
+/// A second writer on the same store is refused while the first runs.
+#[tokio::test]
+async fn second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    assert!(matches!(
+        AuditStore::open(&path, StoreOptions::default()),
+        Err(AuditError::Locked)
+    ));
+    store.shutdown().unwrap();
+    AuditStore::open(&path, StoreOptions::default())
+        .unwrap()
+        .shutdown()
+        .unwrap();
 }
 
 /// The data directory disappears under a running store: appends return an error, not hang.
@@ -552,7 +582,7 @@ async fn opening_a_non_database_fails() {
         AuditStore::open(
             &dir.path().join("other.db"),
             StoreOptions {
-                max_batch: 0,
+                ingest_batch: 0,
                 ..StoreOptions::default()
             }
         ),
@@ -570,6 +600,7 @@ async fn reader_works_while_writer_runs() {
     let reader = AuditReader::open(&path).unwrap();
     let recs = (1..=30).map(stmt).collect();
     within(store.append_batch(recs)).await.unwrap();
+    within(store.flush()).await.unwrap();
 
     let tail = reader.tail(3).unwrap();
     assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), [29, 30, 31]);
@@ -590,6 +621,7 @@ async fn reader_works_while_writer_runs() {
     }
     assert_eq!(seen, (1..=31).collect::<Vec<_>>());
     within(store.append(stmt(31))).await.unwrap();
+    within(store.flush()).await.unwrap();
     assert_eq!(reader.after(last, 7).unwrap()[0].seq, 32);
 
     // Search (records i = 0..=31 at seq i + 1).
@@ -655,4 +687,34 @@ async fn verify_progress_is_reported() {
         .unwrap();
     assert_eq!(report.verified, 25_000);
     assert_eq!(calls, vec![10_000, 20_000]);
+}
+
+/// Without a flush, journaled records reach the database within the ingest window.
+#[tokio::test]
+async fn records_become_visible_within_the_ingest_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    let reader = AuditReader::open(&path).unwrap();
+    for round in 0..20i64 {
+        let seq = within(store.append(stmt(round))).await.unwrap();
+        store.append_nowait(stmt(round + 100)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let tail = reader.tail(1).unwrap();
+            if tail.first().map(|r| r.seq) == Some(seq + 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: seq {} not visible",
+                seq + 1
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if round % 3 == 0 {
+            std::thread::sleep(Duration::from_millis(7));
+        }
+    }
+    store.shutdown().unwrap();
 }

@@ -320,11 +320,29 @@ pub enum AuditCommand {
     },
 }
 
+/// Moves into the database what a gateway that crashed (SIGKILL, power loss) left in the
+/// audit journal, so that readers see every acknowledged record. A no-op while a gateway
+/// runs (it ingests its own journal within milliseconds). Failure is reported, not fatal:
+/// reading what the database holds is still worth doing.
+fn recover_journal(path: &Path) {
+    match gatehouse_audit::recover(path) {
+        Ok(0) => {}
+        Ok(n) => {
+            eprintln!("audit: {n} journaled records of a stopped gateway moved into the store")
+        }
+        Err(e) => eprintln!(
+            "warning: the audit journal could not be ingested ({e}); records written just \
+             before the gateway stopped may be missing until it starts again"
+        ),
+    }
+}
+
 fn audit_reader(cfg: &crate::config::Config) -> anyhow::Result<AuditReader> {
     let path = cfg.audit_path();
     if !path.exists() {
         bail!("no audit store at {}", path.display());
     }
+    recover_journal(&path);
     let keys = state::open_keys(cfg)?;
     Ok(AuditReader::open_with(&path, keys)?)
 }
@@ -373,6 +391,7 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 None => now - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX),
             };
             let keys = state::open_keys(cfg)?;
+            recover_journal(&cfg.audit_path());
             let r = gatehouse_audit::prune(
                 &cfg.audit_path(),
                 keys.as_ref(),
@@ -447,6 +466,7 @@ fn audit_export(
     if !store.exists() {
         bail!("no audit store at {}", store.display());
     }
+    recover_journal(&store);
     let opts = gatehouse_evidence::ExportOptions {
         store,
         from_us,
@@ -506,6 +526,7 @@ fn audit_verify(
         known_checkpoint: None,
     };
     let started = std::time::Instant::now();
+    recover_journal(&path);
     let v = gatehouse_audit::verify(&path, &opts, |p| {
         eprintln!("verify: {}/{} records", p.done, p.total);
     })?;
@@ -864,6 +885,7 @@ pub fn status(config: &Path, json: bool) -> anyhow::Result<()> {
     };
     let path = cfg.audit_path();
     let (records, checkpoint) = if path.exists() {
+        recover_journal(&path);
         let reader = AuditReader::open_with(&path, keys.clone())?;
         (reader.tree_size()?, reader.checkpoints()?.pop())
     } else {

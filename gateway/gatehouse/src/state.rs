@@ -142,11 +142,10 @@ impl Gateway {
                 AuditSynchronous::Normal => Synchronous::Normal,
                 AuditSynchronous::Full => Synchronous::Full,
             },
-            max_batch: StoreOptions::default().max_batch,
-            busy_timeout: StoreOptions::default().busy_timeout,
             sync_window: Duration::from_millis(config.audit.sync_window_ms),
             checkpoint_every: config.audit.checkpoint_every,
             checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_seconds),
+            ..StoreOptions::default()
         };
         // Records are sealed with the key store's audit key; checkpoints are signed with its
         // signing key (the TPM's, with the TPM backend).

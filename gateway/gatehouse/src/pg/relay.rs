@@ -1194,9 +1194,13 @@ where
             lock(shared).stats.rows += rows;
         }
         for r in done.drain(..) {
-            gw.audit
-                .append_nowait(r)
-                .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?;
+            // The statement has run: its outcome goes to the client whatever happens here.
+            // An outcome the journal cannot take now is kept by the store and written ahead
+            // of the next record; the next statement's own write-ahead record decides
+            // whether that statement runs (fail closed).
+            if let Err(e) = gw.audit.append_nowait(r) {
+                tracing::warn!(error = %e, "statement outcome record deferred");
+            }
         }
         if pos > 0 {
             let bytes: &[u8] = match out.as_mut() {

@@ -1,0 +1,296 @@
+//! The write-ahead journal: the record's first durable home.
+//!
+//! The writer seals, chains and encodes each group of records, appends the group to this
+//! file with one `write(2)` and acknowledges the callers; the rows reach SQLite later, in large
+//! batches ("ingestion"), off the statement's critical path. A record acknowledged is in the
+//! journal (in the kernel's page cache at least, which survives a SIGKILL of the gateway), and
+//! after `fdatasync` (at once in strict mode, within the sync window in bounded mode) on disk.
+//!
+//! The journal is replayed into SQLite whenever the store opens, and by
+//! [`crate::recover`] when no writer is running; it is emptied only after the SQLite WAL
+//! holding its rows has been fsynced, so a power loss never loses a row the journal held.
+//!
+//! ```text
+//! file  = frame*
+//! frame = version (1 byte, = 1) || len (u32 LE) || check (first 8 bytes of SHA-256(payload))
+//!         || payload (len bytes) = postcard(Row)
+//! ```
+//!
+//! A frame that is short or whose check does not match ends the journal: it is the torn tail
+//! of a write that never returned (and so was never acknowledged), and is cut off.
+//!
+//! The writer holds an exclusive `flock` on the journal for as long as it runs: a second
+//! writer is refused, and [`crate::recover`] knows whether a live writer will ingest the
+//! journal itself.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+use crate::{AuditError, Record, Seq};
+
+const FRAME_VERSION: u8 = 1;
+const HEADER: usize = 1 + 4 + 8;
+/// No single record comes near this; a larger length is a torn or foreign frame.
+const MAX_FRAME: usize = 64 << 20;
+
+/// One record as it is stored: what SQLite's columns hold.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Row {
+    pub seq: Seq,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+    /// Sealing key id (sealed stores).
+    pub key_id: Option<String>,
+    /// `nonce || AES-256-GCM(postcard(record))` (sealed stores).
+    pub sealed: Option<Vec<u8>>,
+    /// The clear columns: the whole record in an unsealed store, its clear view in a sealed
+    /// one (never a sensitive field in the clear).
+    pub clear: Record,
+}
+
+/// The journal's path for the database at `db`: `<db>.journal`.
+pub(crate) fn path_for(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".journal");
+    PathBuf::from(p)
+}
+
+/// Appends `row` as one frame to `out`.
+pub(crate) fn encode_frame(row: &Row, out: &mut Vec<u8>) -> Result<(), AuditError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER]);
+    let mut buf = std::mem::take(out);
+    buf = postcard::to_extend(row, buf)?;
+    let len = buf.len() - start - HEADER;
+    let len32 = u32::try_from(len).map_err(|_| AuditError::Corrupt {
+        seq: row.seq,
+        reason: "record too large for the journal".into(),
+    })?;
+    let check = digest::digest(&digest::SHA256, &buf[start + HEADER..]);
+    buf[start] = FRAME_VERSION;
+    buf[start + 1..start + 5].copy_from_slice(&len32.to_le_bytes());
+    buf[start + 5..start + HEADER].copy_from_slice(&check.as_ref()[..8]);
+    *out = buf;
+    Ok(())
+}
+
+/// Decodes the valid frames at the start of `bytes`; returns them and the length of that
+/// valid prefix.
+fn decode_frames(bytes: &[u8]) -> (Vec<Row>, usize) {
+    let mut rows = Vec::new();
+    let mut at = 0usize;
+    while bytes.len() - at >= HEADER {
+        let h = &bytes[at..at + HEADER];
+        if h[0] != FRAME_VERSION {
+            break;
+        }
+        let mut len4 = [0u8; 4];
+        len4.copy_from_slice(&h[1..5]);
+        let len = u32::from_le_bytes(len4) as usize;
+        if len > MAX_FRAME || bytes.len() - at - HEADER < len {
+            break;
+        }
+        let payload = &bytes[at + HEADER..at + HEADER + len];
+        if digest::digest(&digest::SHA256, payload).as_ref()[..8] != h[5..HEADER] {
+            break;
+        }
+        match postcard::from_bytes::<Row>(payload) {
+            Ok(row) => rows.push(row),
+            Err(_) => break,
+        }
+        at += HEADER + len;
+    }
+    (rows, at)
+}
+
+/// The highest seq in the journal of `db`, read without its lock (the writer may be
+/// appending; a frame cut short by that is simply not counted). `None` if empty or absent.
+pub(crate) fn last_seq_unlocked(db: &Path) -> Result<Option<Seq>, AuditError> {
+    let mut bytes = Vec::new();
+    match File::open(path_for(db)) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let (rows, _) = decode_frames(&bytes);
+    Ok(rows.last().map(|r| r.seq))
+}
+
+/// The open, locked journal of a running writer.
+pub(crate) struct Journal {
+    file: File,
+    path: PathBuf,
+    /// Bytes of whole frames in the file.
+    len: u64,
+    /// Set when a failed append could not be cut back: nothing more may be appended.
+    poisoned: bool,
+}
+
+/// Why the journal could not be locked.
+pub(crate) enum LockOutcome {
+    Locked(Journal),
+    /// Another process (a running gateway) holds it.
+    Busy,
+}
+
+impl Journal {
+    /// Opens (creating, 0600) and locks the journal of `db`.
+    pub(crate) fn lock(db: &Path) -> Result<LockOutcome, AuditError> {
+        let path = path_for(db);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(LockOutcome::Busy),
+            Err(e) => return Err(std::io::Error::from(e).into()),
+        }
+        let len = file.metadata()?.len();
+        Ok(LockOutcome::Locked(Journal {
+            file,
+            path,
+            len,
+            poisoned: false,
+        }))
+    }
+
+    /// Reads every whole frame; cuts a torn tail off the file (with a warning).
+    pub(crate) fn read_all(&mut self) -> Result<Vec<Row>, AuditError> {
+        let mut bytes = Vec::new();
+        // A second descriptor: the locked one is append-only for writes but reads from 0.
+        File::open(&self.path)?.read_to_end(&mut bytes)?;
+        let (rows, valid) = decode_frames(&bytes);
+        if valid < bytes.len() {
+            tracing::warn!(
+                valid_bytes = valid,
+                torn_bytes = bytes.len() - valid,
+                "audit journal ends in a torn frame (a write cut short by a crash); cut off"
+            );
+            self.file.set_len(valid as u64)?;
+            self.file.sync_data()?;
+        }
+        self.len = valid as u64;
+        Ok(rows)
+    }
+
+    /// Appends whole frames with one `write(2)` (more only if the kernel writes short). On
+    /// failure the file is cut back to its last whole frame, so a later append never lands
+    /// behind garbage; if even that fails the journal refuses every later append.
+    pub(crate) fn append(&mut self, frames: &[u8]) -> Result<(), AuditError> {
+        if self.poisoned {
+            return Err(AuditError::Io(std::io::Error::other(
+                "audit journal is unusable after a failed write",
+            )));
+        }
+        match self.file.write_all(frames) {
+            Ok(()) => {
+                self.len += frames.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.cut_back();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn cut_back(&mut self) {
+        if let Err(e) = self.file.set_len(self.len) {
+            tracing::error!(error = %e, "audit journal could not be cut back; refusing appends");
+            self.poisoned = true;
+        }
+    }
+
+    /// Length of the whole frames written so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Empties the journal. Only after every row in it is in SQLite and the WAL is fsynced.
+    pub(crate) fn reset(&mut self) -> Result<(), AuditError> {
+        self.file.set_len(0)?;
+        self.file.sync_data()?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::EventKind;
+
+    fn row(seq: Seq) -> Row {
+        Row {
+            seq,
+            prev_hash: [seq as u8; 32],
+            hash: [seq as u8 + 1; 32],
+            key_id: None,
+            sealed: Some(vec![1, 2, 3]),
+            clear: Record::new(EventKind::Statement, "gw", seq),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_torn_tails_are_cut() {
+        let mut bytes = Vec::new();
+        for s in 1..=3 {
+            encode_frame(&row(s), &mut bytes).unwrap();
+        }
+        let whole = bytes.len();
+        let (rows, valid) = decode_frames(&bytes);
+        assert_eq!(rows, vec![row(1), row(2), row(3)]);
+        assert_eq!(valid, whole);
+        // Every proper prefix decodes to the whole frames it holds, never more.
+        for cut in 0..whole {
+            let (rows, valid) = decode_frames(&bytes[..cut]);
+            assert!(valid <= cut);
+            assert!(rows.len() < 3);
+            assert_eq!(rows, (1..=rows.len() as Seq).map(row).collect::<Vec<_>>());
+        }
+        // A flipped byte inside the second frame ends the journal after the first.
+        let (_, first) = decode_frames(&bytes[..whole / 3 + 1]);
+        let mut bad = bytes.clone();
+        bad[first + HEADER + 2] ^= 0x40;
+        let (rows, valid) = decode_frames(&bad);
+        assert_eq!(rows, vec![row(1)]);
+        assert_eq!(valid, first);
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_and_reading_cuts_the_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let LockOutcome::Locked(mut j) = Journal::lock(&db).unwrap() else {
+            panic!("fresh journal is busy")
+        };
+        assert!(matches!(Journal::lock(&db).unwrap(), LockOutcome::Busy));
+        let mut frames = Vec::new();
+        encode_frame(&row(1), &mut frames).unwrap();
+        encode_frame(&row(2), &mut frames).unwrap();
+        j.append(&frames).unwrap();
+        j.append(&frames[..7]).unwrap(); // a torn tail, as a crash mid-write leaves it
+        drop(j);
+        let LockOutcome::Locked(mut j) = Journal::lock(&db).unwrap() else {
+            panic!("journal still busy after its holder closed it")
+        };
+        assert_eq!(j.read_all().unwrap(), vec![row(1), row(2)]);
+        assert_eq!(
+            std::fs::metadata(path_for(&db)).unwrap().len(),
+            frames.len() as u64
+        );
+        j.reset().unwrap();
+        assert!(j.read_all().unwrap().is_empty());
+    }
+}
