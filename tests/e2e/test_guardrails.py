@@ -6,6 +6,7 @@ way PostgreSQL aborts them), and every decision in the audit trail."""
 from __future__ import annotations
 
 import os
+import hashlib
 import secrets
 import signal
 
@@ -130,7 +131,7 @@ def test_extended_protocol_and_transactions(guarded, pg):
 
 
 def test_every_decision_is_audited(guarded):
-    gw, table, _ = guarded
+    gw, table, policy = guarded
     token = gw.token("guard-audit")
     with gw.connect("guard-audit", token, autocommit=True) as c:
         _refused(c, f"DROP TABLE {table}")
@@ -144,6 +145,13 @@ def test_every_decision_is_audited(guarded):
     assert results[denied[0]["seq"]]["sqlstate"] == "42501"
     loaded = [r for r in gw.audit_json() if r["event"] == "config.loaded"]
     assert "e2e-guardrails-1" in loaded[-1]["reason"], loaded[-1]
+    # Every decision names the policy it was made under: SHA-256 of the policy file.
+    want = hashlib.sha256(policy.read_bytes()).hexdigest()
+    assert all(r.get("policy_hash") == want for r in recs), recs
+    assert loaded[-1]["policy_hash"] == want
+    # The hash is inside the chain: the store still verifies.
+    v = gw.cli("audit", "verify", "--json")
+    assert v.returncode == 0, v.stdout + v.stderr
 
 
 def test_broken_policy_is_refused_and_the_last_good_one_stays(guarded, pg):

@@ -51,6 +51,8 @@ pub(crate) struct Row {
     /// The clear columns: the whole record in an unsealed store, its clear view in a sealed
     /// one (never a sensitive field in the clear).
     pub clear: Record,
+    /// `clear.policy_hash`, which the serde derive of [`Record`] skips (an extension field).
+    pub policy_hash: Option<String>,
 }
 
 /// The journal's path for the database at `db`: `<db>.journal`.
@@ -100,7 +102,10 @@ fn decode_frames(bytes: &[u8]) -> (Vec<Row>, usize) {
             break;
         }
         match postcard::from_bytes::<Row>(payload) {
-            Ok(row) => rows.push(row),
+            Ok(mut row) => {
+                row.clear.policy_hash = row.policy_hash.clone();
+                rows.push(row);
+            }
             Err(_) => break,
         }
         at += HEADER + len;
@@ -238,7 +243,11 @@ mod tests {
             hash: [seq as u8 + 1; 32],
             key_id: None,
             sealed: Some(vec![1, 2, 3]),
-            clear: Record::new(EventKind::Statement, "gw", seq),
+            clear: Record {
+                policy_hash: Some("ab".repeat(32)),
+                ..Record::new(EventKind::Statement, "gw", seq)
+            },
+            policy_hash: Some("ab".repeat(32)),
         }
     }
 

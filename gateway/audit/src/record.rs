@@ -219,6 +219,12 @@ pub struct Record {
     pub ref_seq: Option<i64>,
     /// SHA-256 (hex) of the loaded configuration.
     pub config_hash: Option<String>,
+    /// SHA-256 (hex) of the policy in force when the decision was made (statement and
+    /// approval/grant records). An *extension* field: not part of the serde derive, encoded
+    /// after the fields above only when set (see [`Record::encode_canonical`]), so records
+    /// written before it existed keep their exact bytes and hashes.
+    #[serde(skip)]
+    pub policy_hash: Option<String>,
 }
 
 impl Record {
@@ -251,7 +257,34 @@ impl Record {
             duration_us: None,
             ref_seq: None,
             config_hash: None,
+            policy_hash: None,
         }
+    }
+
+    /// The canonical encoding: postcard of the derived fields (`time_us` … `config_hash`,
+    /// the v1 layout), then, only for records that carry extension fields, postcard of
+    /// `Some(policy_hash)`. A record without extensions encodes exactly as before the
+    /// extension existed. Appends to `out`.
+    pub fn encode_canonical(&self, out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+        let mut out = postcard::to_extend(self, out)?;
+        if let Some(h) = &self.policy_hash {
+            out = postcard::to_extend(&Some(h.as_str()), out)?;
+        }
+        Ok(out)
+    }
+
+    /// Inverse of [`Record::encode_canonical`]; rejects trailing bytes and an explicit
+    /// `None` extension (each record has exactly one encoding).
+    pub fn decode_canonical(bytes: &[u8]) -> Result<Record, postcard::Error> {
+        let (mut record, rest): (Record, &[u8]) = postcard::take_from_bytes(bytes)?;
+        if !rest.is_empty() {
+            let (hash, rest): (Option<String>, &[u8]) = postcard::take_from_bytes(rest)?;
+            if hash.is_none() || !rest.is_empty() {
+                return Err(postcard::Error::DeserializeBadEncoding);
+            }
+            record.policy_hash = hash;
+        }
+        Ok(record)
     }
 }
 
@@ -325,6 +358,7 @@ impl StoredRecord {
             put_int(&mut m, key, v);
         }
         put_text(&mut m, "config_hash", &r.config_hash);
+        put_text(&mut m, "policy_hash", &r.policy_hash);
         m.insert("prev_hash".into(), Value::from(hex::encode(self.prev_hash)));
         m.insert("hash".into(), Value::from(hex::encode(self.hash)));
         Value::Object(m)

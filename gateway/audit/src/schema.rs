@@ -13,7 +13,7 @@ use crate::seal::Sealer;
 use crate::{AuditError, Decision, EventKind, Record, Seq, StoredRecord};
 
 /// `PRAGMA user_version` of the schema below.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection waits for another connection's lock before failing.
 pub(crate) const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS records (
 ) STRICT;
 "#;
 
+/// Version 3: the policy hash of decision records (an extension field of [`Record`]), in
+/// the clear like the config hash.
+const SCHEMA_V3: &str = "ALTER TABLE records ADD COLUMN policy_hash TEXT;";
+
 /// Version 2: sealed records, the Merkle chunk hashes, signed checkpoints, pruning state.
 /// For a sealed row, `key_id` names the audit key and `sealed` holds the AES-256-GCM sealed
 /// canonical encoding of the whole record; the sensitive columns are NULL
@@ -94,14 +98,14 @@ CREATE TABLE meta (
 pub(crate) const COLUMNS: &str = r#"seq, time_us, event, gateway, listener, session_id, source,
     subject, username, email, "groups", token_id, issuer, connection, protocol, statement,
     statement_name, param_count, decision, reason, sqlstate, "rows", bytes_in, bytes_out,
-    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed"#;
+    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed, policy_hash"#;
 
 const INSERT: &str = r#"INSERT INTO records (seq, time_us, event, gateway, listener, session_id,
     source, subject, username, email, "groups", token_id, issuer, connection, protocol, statement,
     statement_name, param_count, decision, reason, sqlstate, "rows", bytes_in, bytes_out,
-    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed)
+    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed, policy_hash)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"#;
+    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"#;
 
 /// Creates the table if missing and checks the schema version.
 pub(crate) fn ensure_schema(conn: &mut Connection) -> Result<(), AuditError> {
@@ -116,6 +120,9 @@ pub(crate) fn ensure_schema(conn: &mut Connection) -> Result<(), AuditError> {
     tx.execute_batch(SCHEMA)?;
     if found < 2 {
         tx.execute_batch(SCHEMA_V2)?;
+    }
+    if found < 3 {
+        tx.execute_batch(SCHEMA_V3)?;
     }
     if found < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -145,7 +152,8 @@ pub(crate) fn chain_hash(
     buf: &mut Vec<u8>,
 ) -> Result<[u8; 32], AuditError> {
     buf.clear();
-    let encoded = postcard::to_extend(&(seq, record), std::mem::take(buf))?;
+    let encoded = postcard::to_extend(&seq, std::mem::take(buf))?;
+    let encoded = record.encode_canonical(encoded)?;
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(prev);
     ctx.update(&encoded);
@@ -183,7 +191,7 @@ pub(crate) fn seal_row(
     sealer: Option<&Sealer>,
 ) -> Result<JournalRow, AuditError> {
     buf.clear();
-    let encoded = postcard::to_extend(record, std::mem::take(buf))?;
+    let encoded = record.encode_canonical(std::mem::take(buf))?;
     let hash = chain_hash_encoded(prev, seq, &encoded);
     let sealed = match sealer {
         Some(s) => Some((s.key_id().as_str().to_owned(), s.seal(seq, &encoded)?)),
@@ -200,6 +208,7 @@ pub(crate) fn seal_row(
         hash,
         key_id,
         sealed,
+        policy_hash: clear.policy_hash.clone(),
         clear,
     })
 }
@@ -249,6 +258,7 @@ pub(crate) fn insert_rows<'a>(
             &row.hash[..],
             row.key_id,
             row.sealed,
+            r.policy_hash,
         ])?;
     }
     Ok(())
@@ -339,7 +349,7 @@ pub(crate) fn decode_row(
     if !sealer.open(seq, &key_id, &sealed, plain)? {
         return Ok(Decoded::SealBroken);
     }
-    let record: Record = postcard::from_bytes(plain).map_err(|_| AuditError::Corrupt {
+    let record = Record::decode_canonical(plain).map_err(|_| AuditError::Corrupt {
         seq,
         reason: "sealed record does not decode".into(),
     })?;
@@ -411,6 +421,7 @@ pub(crate) fn row_to_stored(row: &Row<'_>) -> Result<StoredRecord, AuditError> {
         duration_us: row.get(24).map_err(col)?,
         ref_seq: row.get(25).map_err(col)?,
         config_hash: row.get(26).map_err(col)?,
+        policy_hash: row.get(31).map_err(col)?,
     };
     let prev_hash: Vec<u8> = row.get(27).map_err(col)?;
     let hash: Vec<u8> = row.get(28).map_err(col)?;
@@ -616,6 +627,37 @@ mod tests {
     /// Pins the canonical encoding and the chain formula. The expected bytes were written by
     /// hand from the postcard v1 wire format and the hashes computed independently (Python
     /// `hashlib`); if this fails, existing audit logs would no longer verify.
+    /// The policy-hash extension: absent, a record encodes exactly as before the field
+    /// existed (old records keep their hashes); present, it follows as `Some(text)`.
+    #[test]
+    fn policy_hash_extension_is_trailing_and_optional() {
+        let old = Record::new(EventKind::Statement, "gw", 0);
+        let v1 = old.encode_canonical(Vec::new()).unwrap();
+        assert_eq!(v1, postcard::to_allocvec(&old).unwrap());
+        assert_eq!(Record::decode_canonical(&v1).unwrap(), old);
+        let new = Record {
+            policy_hash: Some("ab".into()),
+            ..old.clone()
+        };
+        let v2 = new.encode_canonical(Vec::new()).unwrap();
+        let mut want = v1.clone();
+        want.extend([0x01, 0x02, b'a', b'b']);
+        assert_eq!(v2, want);
+        assert_eq!(Record::decode_canonical(&v2).unwrap(), new);
+        // One encoding per record: an explicit None or trailing garbage is refused.
+        let mut none = v1.clone();
+        none.push(0x00);
+        assert!(Record::decode_canonical(&none).is_err());
+        let mut trailing = v2.clone();
+        trailing.push(0x00);
+        assert!(Record::decode_canonical(&trailing).is_err());
+        let mut buf = Vec::new();
+        assert_ne!(
+            chain_hash(&GENESIS, 1, &old, &mut buf).unwrap(),
+            chain_hash(&GENESIS, 1, &new, &mut buf).unwrap()
+        );
+    }
+
     #[test]
     fn canonical_encoding_is_pinned() {
         let mut buf = Vec::new();

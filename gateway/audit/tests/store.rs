@@ -63,6 +63,7 @@ fn full_record() -> Record {
         duration_us: Some(1500),
         ref_seq: Some(1),
         config_hash: Some("ab".repeat(32)),
+        policy_hash: Some("cd".repeat(32)),
     }
 }
 
@@ -279,7 +280,8 @@ async fn tampering_is_located() {
         "INSERT INTO records SELECT 0, time_us, event, gateway, listener, session_id, source,
              subject, username, email, \"groups\", token_id, issuer, connection, protocol,
              statement, statement_name, param_count, decision, reason, sqlstate, \"rows\",
-             bytes_in, bytes_out, duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed
+             bytes_in, bytes_out, duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed,
+             policy_hash
          FROM records WHERE seq = 1",
     )
     .unwrap();

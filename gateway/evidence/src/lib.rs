@@ -206,6 +206,7 @@ const CSV_FIELDS: &[&str] = &[
     "duration_us",
     "ref_seq",
     "config_hash",
+    "policy_hash",
     "controls",
     "prev_hash",
     "hash",

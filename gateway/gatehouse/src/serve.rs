@@ -133,6 +133,7 @@ pub async fn run(
     let mut cfg = gw.record(EventKind::ConfigLoaded);
     cfg.config_hash = Some(hash);
     cfg.reason = Some(policy_note(&gw));
+    cfg.policy_hash = gw.policy_hash();
     gw.audit
         .append(cfg)
         .await
@@ -195,6 +196,7 @@ async fn reload_on_hup(gw: Arc<Gateway>) {
                 let mut r = gw.record(EventKind::ConfigLoaded);
                 r.config_hash = Some(hash);
                 r.reason = Some(policy_note(&gw));
+                r.policy_hash = gw.policy_hash();
                 if let Err(e) = gw.audit.append(r).await {
                     tracing::error!(error = %e, "could not record the reload");
                 }
@@ -287,6 +289,7 @@ async fn audit_approvals(gw: Arc<Gateway>) {
             }
             for ev in events {
                 let mut rec = gw.record(ev);
+                rec.policy_hash = gw.policy_hash();
                 rec.username = Some(r.requester.clone());
                 rec.groups = r.requester_groups.clone();
                 rec.connection = Some(r.connection.clone());
@@ -354,6 +357,7 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                 }
                 for ev in events {
                     let mut rec = gw.record(ev);
+                    rec.policy_hash = gw.policy_hash();
                     rec.username = Some(g.user.clone());
                     rec.connection = Some(g.connection.clone());
                     rec.decision = Some(if ev == EventKind::GrantIssued {

@@ -173,6 +173,15 @@ impl Gateway {
         Record::new(event, &self.name(), now_us())
     }
 
+    /// SHA-256 (hex) of the policy in force, for decision records (`None`: no policy).
+    pub fn policy_hash(&self) -> Option<String> {
+        self.policy
+            .load()
+            .as_ref()
+            .as_ref()
+            .map(|p| p.hash().to_owned())
+    }
+
     /// Re-reads the config file; on any error the running config stays in force.
     pub fn reload(&self) -> anyhow::Result<String> {
         let path = self.config.load().path.clone();

@@ -799,6 +799,7 @@ fn statement_record(gw: &Gateway, info: &SessionInfo, protocol: &str) -> Record 
     let mut r = info.record(gw, EventKind::Statement);
     r.protocol = Some(protocol.to_owned());
     r.decision = Some(Decision::Allow);
+    r.policy_hash = gw.policy_hash();
     r
 }
 
