@@ -179,7 +179,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
+    /// PostgreSQL wire protocol v3: the data path.
     Postgres,
+    /// The REST API for approvals and grants (HTTPS, OIDC bearer tokens), `/v1/...`.
+    Api,
 }
 
 #[derive(Debug, Clone, Deserialize)]

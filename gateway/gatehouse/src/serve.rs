@@ -10,7 +10,7 @@ use gatehouse_audit::EventKind;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{LoadedConfig, LogFormat};
+use crate::config::{ListenerProtocol, LoadedConfig, LogFormat};
 use crate::pg::session::{self, ListenerCtx};
 use crate::state::Gateway;
 
@@ -80,9 +80,6 @@ pub async fn prepare(
     let gw = Arc::new(Gateway::open(loaded)?);
     let mut ctxs = Vec::new();
     for l in &config.listeners {
-        match l.protocol {
-            crate::config::ListenerProtocol::Postgres => {}
-        }
         let tls = crate::tls::server_config(l, &config.gateway.data_dir, gw.keys.as_ref())
             .with_context(|| format!("listener {:?}: TLS", l.name))?;
         if l.dangerous_allow_plaintext_on_loopback {
@@ -92,6 +89,7 @@ pub async fn prepare(
             l,
             Arc::new(ListenerCtx {
                 name: l.name.clone(),
+                protocol: l.protocol,
                 tls: Some(TlsAcceptor::from(tls)),
                 allow_plaintext: l.dangerous_allow_plaintext_on_loopback,
             }),
@@ -107,7 +105,11 @@ pub async fn prepare(
         let listener = TcpListener::bind(l.bind)
             .await
             .with_context(|| format!("listener {:?}: binding {}", l.name, l.bind))?;
-        tracing::info!(listener = %l.name, addr = %listener.local_addr()?, "listening (postgres)");
+        let protocol = match l.protocol {
+            ListenerProtocol::Postgres => "postgres",
+            ListenerProtocol::Api => "api",
+        };
+        tracing::info!(listener = %l.name, addr = %listener.local_addr()?, protocol, "listening");
         bound.push((listener, ctx));
     }
     Ok((gw, bound))
@@ -141,6 +143,10 @@ pub async fn run(
     let mut tasks = Vec::new();
     for (listener, ctx) in listeners {
         let gw = gw.clone();
+        if ctx.protocol == ListenerProtocol::Api {
+            tasks.push(tokio::spawn(crate::api::serve(gw, ctx, listener)));
+            continue;
+        }
         tasks.push(tokio::spawn(async move {
             loop {
                 match listener.accept().await {
