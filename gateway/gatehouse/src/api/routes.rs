@@ -211,7 +211,28 @@ pub async fn get_approval(
 pub struct ApproveBody {
     comment: Option<String>,
     /// How long the approval may be used (default 15, at most 1440).
+    #[serde(default, deserialize_with = "opt_whole_number")]
     minutes: Option<u64>,
+}
+
+/// A non-negative whole number; JSON Schema counts `10.0` as the integer 10, so do we.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(v) = n.as_u64() {
+        return Ok(v);
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_992.0 => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(
+            "expected a non-negative whole number",
+        )),
+    }
+}
+
+fn opt_whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Option::<serde_json::Value>::deserialize(d)?
+        .map(|v| whole_number(v).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +344,7 @@ pub async fn list_grants(
 pub struct NewGrantBody {
     user: String,
     connection: String,
+    #[serde(deserialize_with = "whole_number")]
     minutes: u64,
     #[serde(default = "default_scope")]
     scope: String,
