@@ -369,7 +369,7 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                     });
                     rec.rows = Some(i64::try_from(g.use_count).unwrap_or(i64::MAX));
                     rec.reason = Some(format!(
-                        "{} {:?} scope {:?}; issued by {} ({}){}; uses {}; {}",
+                        "{} {:?} scope {:?}; issued by {} ({}){}{}; uses {}; {}",
                         g.id,
                         g.status,
                         g.scope,
@@ -378,6 +378,10 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                         g.comment
                             .as_ref()
                             .map(|c| format!(": {c}"))
+                            .unwrap_or_default(),
+                        g.revoked_by
+                            .as_ref()
+                            .map(|r| format!("; revoked by {r}"))
                             .unwrap_or_default(),
                         g.use_count,
                         policy_note

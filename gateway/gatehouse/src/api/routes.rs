@@ -96,15 +96,15 @@ fn parse_body<T: DeserializeOwned + Default>(
     if !json_type {
         return Err(ApiError::UnsupportedMediaType);
     }
-    serde_json::from_slice(body).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => ApiError::Unprocessable(format!("invalid body: {e}")),
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::BadRequest("the body is not valid JSON".to_owned())
-            }
-        }
-    })
+    // An object, not merely something serde can read into the struct (`[null, null]` is).
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::BadRequest("the body is not valid JSON".to_owned()))?;
+    if !value.is_object() {
+        return Err(ApiError::Unprocessable(
+            "the body must be a JSON object".to_owned(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::Unprocessable(format!("invalid body: {e}")))
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
