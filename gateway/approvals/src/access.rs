@@ -140,7 +140,9 @@ mod tests {
         assert!(g.visible_to(bob, &issuers));
         assert!(g.visible_to(alice, &issuers));
         assert!(!g.visible_to(eve, &issuers));
-        let e = store.revoke_grant_as(&g.id, eve, &issuers, now).unwrap_err();
+        let e = store
+            .revoke_grant_as(&g.id, eve, &issuers, now)
+            .unwrap_err();
         assert!(matches!(e, ApprovalError::NotAnApprover { .. }), "{e}");
         // The grantee cannot revoke either unless an issuer; an empty issuer list: nobody.
         assert!(store.revoke_grant_as(&g.id, alice, &issuers, now).is_err());
@@ -148,7 +150,12 @@ mod tests {
         let r = store.revoke_grant_as(&g.id, bob, &issuers, now).unwrap();
         assert_eq!(r.status, GrantStatus::Revoked);
         assert_eq!(r.revoked_by.as_deref(), Some("bob"));
-        let again = store.revoke_grant_as(&g.id, bob, &issuers, now).unwrap_err();
-        assert!(matches!(again, ApprovalError::GrantNotActive { .. }), "{again}");
+        let again = store
+            .revoke_grant_as(&g.id, bob, &issuers, now)
+            .unwrap_err();
+        assert!(
+            matches!(again, ApprovalError::GrantNotActive { .. }),
+            "{again}"
+        );
     }
 }

@@ -652,6 +652,22 @@ tags = { environment = "production" }
     }
 
     #[test]
+    fn api_listeners_parse_and_share_the_listener_rules() {
+        let api = |extra: &str| {
+            load(&format!(
+                "{BASE}\n[[listeners]]\nname = \"api\"\nprotocol = \"api\"\nbind = \"127.0.0.1:8443\"\n{extra}"
+            ))
+        };
+        let c = api("").unwrap();
+        assert_eq!(c.config.listeners[1].protocol, ListenerProtocol::Api);
+        assert!(api("dangerous_allow_plaintext_on_loopback = true\n").is_ok());
+        assert!(api("tls_cert = \"c.pem\"\n").is_err());
+        assert!(api("routes = 1\n").is_err());
+        let e = load(&BASE.replace("protocol = \"postgres\"", "protocol = \"http\"")).unwrap_err();
+        assert!(e.to_string().contains("http"), "{e}");
+    }
+
+    #[test]
     fn plaintext_only_on_loopback() {
         let s = BASE.replace(
             "bind = \"127.0.0.1:6432\"",

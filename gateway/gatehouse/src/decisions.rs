@@ -31,9 +31,9 @@ fn check_comment(comment: Option<&str>) -> Result<(), ApprovalError> {
         Some(c) if c.chars().count() > MAX_COMMENT_CHARS => Err(ApprovalError::Invalid(format!(
             "comment is longer than {MAX_COMMENT_CHARS} characters"
         ))),
-        Some(c) if c.chars().any(|ch| ch.is_control() && ch != ' ') => Err(
-            ApprovalError::Invalid("comment must not hold control characters".to_owned()),
-        ),
+        Some(c) if c.chars().any(|ch| ch.is_control() && ch != ' ') => Err(ApprovalError::Invalid(
+            "comment must not hold control characters".to_owned(),
+        )),
         _ => Ok(()),
     }
 }

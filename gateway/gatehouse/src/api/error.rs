@@ -65,7 +65,11 @@ impl ApiError {
                 "forbidden",
                 format!("you are not an approver of this {what}"),
             ),
-            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", format!("no such {what}")),
+            ApiError::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such {what}"),
+            ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
             ApiError::Unprocessable(m) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", m.clone())

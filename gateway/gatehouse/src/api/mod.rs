@@ -165,4 +165,3 @@ where
         tracing::debug!(%peer, error = %e, "api: connection ended with an error");
     }
 }
-

@@ -115,9 +115,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 fn limit(l: Option<u32>) -> Result<usize, ApiError> {
     match l.unwrap_or(DEFAULT_LIST) {
         n @ 1..=MAX_LIST => Ok(n as usize),
-        _ => Err(ApiError::BadRequest(format!(
-            "limit must be 1-{MAX_LIST}"
-        ))),
+        _ => Err(ApiError::BadRequest(format!("limit must be 1-{MAX_LIST}"))),
     }
 }
 
@@ -410,4 +408,66 @@ pub async fn revoke_grant(
     })
     .await?;
     Ok(Json(decisions::grant_json(&g)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn json_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        h
+    }
+
+    fn status(e: ApiError) -> StatusCode {
+        e.status()
+    }
+
+    #[test]
+    fn bodies_are_json_objects_with_known_fields() {
+        let h = json_headers();
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let ok: ApproveBody =
+            parse_body(&h, &b(r#"{"comment":"ok","minutes":10.0}"#), true).unwrap();
+        assert_eq!((ok.comment.as_deref(), ok.minutes), (Some("ok"), Some(10)));
+        let empty: ApproveBody = parse_body(&HeaderMap::new(), &Bytes::new(), true).unwrap();
+        assert!(empty.comment.is_none() && empty.minutes.is_none());
+        let nulls: ApproveBody =
+            parse_body(&h, &b(r#"{"comment":null,"minutes":null}"#), true).unwrap();
+        assert!(nulls.minutes.is_none());
+        let err = |s: &'static str| status(parse_body::<ApproveBody>(&h, &b(s), true).unwrap_err());
+        assert_eq!(err("{oops"), StatusCode::BAD_REQUEST);
+        assert_eq!(err("[null, null]"), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            err(r#"{"verdict":"approve"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(err(r#"{"minutes":1.5}"#), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err(r#"{"minutes":-1}"#), StatusCode::UNPROCESSABLE_ENTITY);
+        let e = parse_body::<ApproveBody>(&HeaderMap::new(), &b("{}"), true).unwrap_err();
+        assert_eq!(status(e), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        // A grant order has required fields; an empty body is not a default order.
+        let e = parse_body::<NewGrantBody>(&h, &Bytes::new(), false).unwrap_err();
+        assert_eq!(status(e), StatusCode::BAD_REQUEST);
+        let g: NewGrantBody = parse_body(
+            &h,
+            &b(r#"{"user":"a","connection":"c","minutes":5}"#),
+            false,
+        )
+        .unwrap();
+        assert_eq!((g.scope.as_str(), g.minutes), ("writes", 5));
+    }
+
+    #[test]
+    fn list_limits_are_bounded() {
+        assert_eq!(limit(None).unwrap(), DEFAULT_LIST as usize);
+        assert_eq!(limit(Some(MAX_LIST)).unwrap(), MAX_LIST as usize);
+        assert!(limit(Some(0)).is_err());
+        assert!(limit(Some(MAX_LIST + 1)).is_err());
+    }
 }
