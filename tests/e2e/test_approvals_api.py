@@ -31,7 +31,9 @@ from harness import CANARY, REPO, free_port, sql_error_state, tamper_payload, wa
 
 OPENAPI = REPO / "docs" / "api" / "openapi.yaml"
 SUFFIX = secrets.token_hex(4)
-HELD, TICKET, QUORUM, GRANTED = (f"api_{n}_{SUFFIX}" for n in ("held", "ticket", "quorum", "granted"))
+HELD, TICKET, QUORUM, GRANTED, BRIEF = (
+    f"api_{n}_{SUFFIX}" for n in ("held", "ticket", "quorum", "granted", "brief"))
+TABLES = (HELD, TICKET, QUORUM, GRANTED, BRIEF)
 
 POLICY = f"""
 version = "e2e-api-1"
@@ -47,6 +49,17 @@ writes_to = ["{HELD}"]
 approvers = ["engineers", "dba"]
 mode = "hold"
 hold_timeout_seconds = 60
+
+[[rules]]
+name = "brief-hold"
+action = "require_approval"
+reason = "writes to the brief table wait two seconds at most"
+writes_to = ["{BRIEF}"]
+
+[rules.approval]
+approvers = ["engineers", "dba"]
+mode = "hold"
+hold_timeout_seconds = 2
 
 [[rules]]
 name = "ticket-writes"
@@ -174,7 +187,7 @@ def error_code(r: requests.Response) -> str:
 def env(module_gatehouse, pg, oidc, tmp_path_factory):
     with pg.owner_connect() as c:
         c.execute("SET ROLE gh_app")
-        for t in (HELD, TICKET, QUORUM, GRANTED):
+        for t in TABLES:
             c.execute(f"CREATE TABLE {t} (id int, note text)")
     policy = tmp_path_factory.mktemp("api-policy") / "policy.toml"
     policy.write_text(POLICY)
@@ -195,7 +208,7 @@ def env(module_gatehouse, pg, oidc, tmp_path_factory):
     }
     yield gw, api, tokens
     with pg.owner_connect() as c:
-        for t in (HELD, TICKET, QUORUM, GRANTED):
+        for t in TABLES:
             c.execute(f"DROP TABLE IF EXISTS {t}")
 
 
@@ -322,6 +335,23 @@ def test_held_insert_denied_through_the_api_fails_in_the_client(env, pg):
     assert r.status_code == 409, r.text
     rec = _audit_for(gw, rid, "approval.denied")
     assert "agent-bob deny (analysts,engineers): not during the freeze" in rec["reason"], rec
+
+
+def test_deciding_after_the_hold_expired_is_a_conflict(env, pg):
+    gw, api, tok = env
+    sql = f"INSERT INTO {BRIEF} VALUES (1, 'too late')"
+    with gw.connect("agent-alice", tok["alice"], autocommit=True) as c:
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(sql)
+        assert time.monotonic() - t0 >= 1.5, "the statement must have been held"
+    assert sql_error_state(ei.value) == "42501" and "not approved" in str(ei.value)
+    rid = _request_id(ei.value)
+    r = api.post(f"/v1/approvals/{rid}/approve", tok["bob"])
+    assert r.status_code == 409 and error_code(r) in ("expired", "not_pending"), r.text
+    assert _rows(pg, BRIEF) == []
+    _audit_for(gw, rid, "approval.expired")
+    assert api.get(f"/v1/approvals/{rid}", tok["bob"]).json()["status"] == "expired"
 
 
 def test_ticket_approved_through_the_api_lets_the_identical_statement_pass_once(env, pg):
