@@ -8,8 +8,6 @@ live server."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import secrets
 import shutil
@@ -554,14 +552,86 @@ def test_no_secrets_in_api_responses_or_log(env):
     assert CANARY not in log and all(t not in log for t in tok.values())
 
 
+def test_idle_silent_and_slow_connections_are_closed(env):
+    """The 10 s bounds: a silent TCP connection, an idle TLS connection (also after a
+    keep-alive request) and headers dribbled one line a second are all closed."""
+    import ssl
+
+    _, api, tok = env
+    ctx = ssl.create_default_context(cafile=api.verify)
+    results: dict[str, float | str] = {}
+
+    def tls():
+        return ctx.wrap_socket(socket.create_connection(("127.0.0.1", api.port)), server_hostname="127.0.0.1")
+
+    def closed_after(name, sock, send=None):
+        t0 = time.monotonic()
+        sock.settimeout(40)
+        try:
+            if send:
+                send(sock)
+            while sock.recv(4096):
+                pass
+            results[name] = time.monotonic() - t0
+        except (OSError, ssl.SSLError):
+            results[name] = time.monotonic() - t0
+        finally:
+            sock.close()
+
+    def keepalive(sock):
+        sock.sendall(b"GET /v1/healthz HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+
+    def dribble(sock):
+        sock.sendall(b"GET /v1/approvals HTTP/1.1\r\n")
+        for _ in range(40):
+            time.sleep(1)
+            sock.sendall(b"X-Slow: 1\r\n")
+
+    jobs = [
+        ("silent tcp", lambda: closed_after("silent tcp", socket.create_connection(("127.0.0.1", api.port)))),
+        ("idle tls", lambda: closed_after("idle tls", tls())),
+        ("keep-alive", lambda: closed_after("keep-alive", tls(), keepalive)),
+        ("slow headers", lambda: closed_after("slow headers", tls(), dribble)),
+    ]
+    threads = [threading.Thread(target=f) for _, f in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert set(results) == {n for n, _ in jobs}, results
+    assert all(8 <= v <= 20 for v in results.values()), results
+    assert api.get("/v1/healthz").status_code == 200
+
+
+def test_plaintext_only_with_the_loopback_development_option(gatehouse, pg):
+    port = free_port()
+    gw = gatehouse(pg_server=False, extra_toml=(
+        f'\n[[listeners]]\nname = "api"\nprotocol = "api"\nbind = "127.0.0.1:{port}"\n'
+        "dangerous_allow_plaintext_on_loopback = true\n"))
+    api = Api(gw, port)
+    wait_for(lambda: api.get("/v1/healthz").status_code == 200, timeout=10, what="the API listener")
+    r = requests.get(f"http://127.0.0.1:{port}/v1/approvals", timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    tok = gw.token("someone", groups=["dba"])
+    r = requests.get(f"http://127.0.0.1:{port}/v1/approvals",
+                     headers={"Authorization": f"Bearer {tok}"}, timeout=10)
+    assert r.status_code == 200 and r.json() == {"approvals": []}
+    assert "DANGEROUS" in gw.log_text()
+    # The option is refused on a non-loopback bind before anything starts.
+    bad = gw.root / "bad.toml"
+    bad.write_text(gw.config.read_text().replace(f"127.0.0.1:{port}", f"0.0.0.0:{port}"))
+    p = gw.cli("config", "check", config=bad, check=False)
+    assert p.returncode != 0 and "loopback" in p.stderr, p.stderr
+
+
 def test_openapi_conformance_with_schemathesis(env, tmp_path):
     """Property-based requests from the OpenAPI document against the live server: every
     response must be documented, match its schema, reject invalid input, require the token."""
     gw, api, tok = env
-    st = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "schemathesis"
-    if not st.exists():
-        import sys
-        st = Path(sys.executable).parent / "schemathesis"
+    import sys
+
+    st = Path(sys.executable).parent / "schemathesis"  # the venv the tests run in
     if not st.exists() and shutil.which("schemathesis"):
         st = Path(shutil.which("schemathesis"))
     assert st.exists(), "schemathesis is in tests/requirements.txt; install it into the venv"
