@@ -8,6 +8,7 @@ live server."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -421,6 +422,17 @@ def test_bad_expired_and_missing_tokens_are_401(env, oidc):
     # None of it counted: the request is still pending without votes.
     a = api.get(f"/v1/approvals/{rid}", tok["bob"]).json()
     assert a["status"] == "pending" and a["votes"] == []
+    # Each presented-but-refused token is a failed logon in the audit trail (never the token).
+    def failures():
+        return [r for r in gw.audit_json() if r["event"] == "login.failure" and r.get("listener") == "api"]
+    wait_for(lambda: len(failures()) >= 4, timeout=10, what="login.failure records for the API")
+    recs = failures()
+    assert any("token expired" in r["reason"] for r in recs), recs
+    assert any("signature" in r["reason"] for r in recs), recs
+    assert all(r["source"].startswith("127.0.0.1:") and r["protocol"] == "https" for r in recs), recs
+    assert all(r["decision"] == "deny" for r in recs)
+    blob = json.dumps(recs)
+    assert expired not in blob and tampered not in blob
 
 
 def test_unknown_ids_are_404(env):

@@ -95,6 +95,15 @@ fn framework_error(status: StatusCode) -> ApiError {
     }
 }
 
+/// Where a request came from, for audit records (set on every request of a connection).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub listener: String,
+    pub peer: SocketAddr,
+    /// `https`, or `http` on a loopback development listener.
+    pub scheme: &'static str,
+}
+
 /// Accepts connections on an `api` listener until the task is aborted.
 pub async fn serve(gw: Arc<Gateway>, ctx: Arc<ListenerCtx>, listener: TcpListener) {
     let app = router(gw);
@@ -134,12 +143,12 @@ async fn connection(ctx: Arc<ListenerCtx>, app: Router, mut tcp: TcpStream, peer
             return;
         };
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => http(app, TokioIo::new(tls), peer).await,
+            Ok(Ok(tls)) => http(app, TokioIo::new(tls), conn_info(&ctx, peer, "https")).await,
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "api: TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "api: TLS handshake timed out"),
         }
     } else if ctx.allow_plaintext {
-        http(app, TokioIo::new(tcp), peer).await;
+        http(app, TokioIo::new(tcp), conn_info(&ctx, peer, "http")).await;
     } else {
         let body = r#"{"error":{"code":"tls_required","message":"use https"}}"#;
         let resp = format!(
@@ -150,11 +159,26 @@ async fn connection(ctx: Arc<ListenerCtx>, app: Router, mut tcp: TcpStream, peer
     }
 }
 
-async fn http<I>(app: Router, io: TokioIo<I>, peer: SocketAddr)
+fn conn_info(ctx: &ListenerCtx, peer: SocketAddr, scheme: &'static str) -> ConnInfo {
+    ConnInfo {
+        listener: ctx.name.clone(),
+        peer,
+        scheme,
+    }
+}
+
+async fn http<I>(app: Router, io: TokioIo<I>, info: ConnInfo)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = TowerToHyperService::new(app);
+    use tower::ServiceExt as _;
+    let peer = info.peer;
+    let svc = TowerToHyperService::new(app.map_request(
+        move |mut r: Request<hyper::body::Incoming>| {
+            r.extensions_mut().insert(info.clone());
+            r
+        },
+    ));
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::ConnInfo;
 use crate::decisions;
 use crate::state::Gateway;
 
@@ -56,9 +57,30 @@ impl FromRequestParts<Arc<Gateway>> for Caller {
             Ok(id) => Ok(Caller(id)),
             Err(e) => {
                 tracing::info!(reason = %e.reason(), "api: token refused");
+                audit_refused_token(gw, parts.extensions.get::<ConnInfo>(), &e).await;
                 Err(ApiError::BadToken(e))
             }
         }
+    }
+}
+
+/// A refused bearer token is an unsuccessful logon attempt (AC-7), recorded like a refused
+/// PostgreSQL login: `login.failure` with the listener, source and reason (never the token).
+async fn audit_refused_token(
+    gw: &Gateway,
+    conn: Option<&ConnInfo>,
+    e: &gatehouse_identity::AuthError,
+) {
+    let mut rec = gw.record(gatehouse_audit::EventKind::LoginFailure);
+    if let Some(c) = conn {
+        rec.listener = Some(c.listener.clone());
+        rec.source = Some(c.peer.to_string());
+        rec.protocol = Some(c.scheme.to_owned());
+    }
+    rec.decision = Some(gatehouse_audit::Decision::Deny);
+    rec.reason = Some(format!("api bearer token refused: {}", e.reason()));
+    if let Err(err) = gw.audit.append(rec).await {
+        tracing::error!(error = %err, "api: could not record a refused token");
     }
 }
 
