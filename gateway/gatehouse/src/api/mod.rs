@@ -189,3 +189,6 @@ where
         tracing::debug!(%peer, error = %e, "api: connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests;
