@@ -34,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod error;
 mod event;
 mod grants;
@@ -45,6 +46,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
+pub use access::Actor;
 pub use error::{ApprovalError, ErrorKind};
 pub use event::{GrantEvent, RequestEvent};
 pub use gatehouse_policy::GrantScope;

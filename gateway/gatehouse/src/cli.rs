@@ -12,7 +12,7 @@ use gatehouse_audit::AuditReader;
 use gatehouse_vault::{Credential, Secret};
 
 use crate::config::{LoadedConfig, UpstreamTls};
-use crate::state;
+use crate::{decisions, state};
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
@@ -1013,41 +1013,6 @@ pub enum ApprovalsCommand {
     },
 }
 
-fn request_json(r: &gatehouse_approvals::Request) -> serde_json::Value {
-    let t = |t: SystemTime| {
-        let us = t
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        gatehouse_audit::format_rfc3339_us(us)
-    };
-    serde_json::json!({
-        "id": r.id.to_string(),
-        "status": r.status.as_str(),
-        "mode": r.mode.as_str(),
-        "requester": r.requester,
-        "requester_groups": r.requester_groups,
-        "connection": r.connection,
-        "statement": r.statement,
-        "statement_sha256": r.statement_sha256,
-        "rule": r.rule,
-        "reason": r.reason,
-        "approvers": r.approvers,
-        "min_approvals": r.min_approvals,
-        "approvals": r.approvals(),
-        "created_at": t(r.created_at),
-        "expires_at": t(r.expires_at),
-        "approved_until": r.approved_until.map(t),
-        "votes": r.votes.iter().map(|v| serde_json::json!({
-            "approver": v.approver,
-            "approver_groups": v.approver_groups,
-            "verdict": v.verdict.as_str(),
-            "comment": v.comment,
-            "at": t(v.at),
-        })).collect::<Vec<_>>(),
-    })
-}
-
 /// The identity behind an OIDC token given on the command line, validated exactly as the
 /// gateway validates a login. `role` names the holder in the error (never the token).
 fn cli_identity(
@@ -1073,18 +1038,8 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
     let decide = |id: &str, token: &str, verdict, comment: Option<String>, minutes: Option<u64>| {
         let who = cli_identity(cfg, token, now, "approver")?;
         let id: gatehouse_approvals::RequestId = id.parse()?;
-        let r = store.decide(
-            &id,
-            gatehouse_approvals::Decide {
-                approver: &who.username,
-                approver_groups: &who.groups,
-                verdict,
-                comment: comment.as_deref(),
-                approved_for: minutes.map(|m| Duration::from_secs(m * 60)),
-                now,
-            },
-        )?;
-        println!("{}", request_json(&r));
+        let r = decisions::decide(&store, &who, &id, verdict, comment.as_deref(), minutes, now)?;
+        println!("{}", decisions::request_json(&r));
         anyhow::Ok(())
     };
     match cmd {
@@ -1096,7 +1051,7 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
             };
             for r in store.list(filter, 1000)? {
                 if json {
-                    println!("{}", request_json(&r));
+                    println!("{}", decisions::request_json(&r));
                 } else {
                     println!(
                         "{} {:<8} {} on {} by {} ({}): {}",
@@ -1139,26 +1094,20 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
             token,
             comment,
         } => {
-            let scope = match scope.as_str() {
-                "writes" => gatehouse_approvals::GrantScope::Writes,
-                "any" => gatehouse_approvals::GrantScope::Any,
-                s => match s.strip_prefix("rule:") {
-                    Some(r) if !r.is_empty() => gatehouse_approvals::GrantScope::Rule(r.to_owned()),
-                    _ => bail!("--scope must be writes, any or rule:NAME"),
-                },
-            };
             let who = cli_identity(cfg, &token, now, "issuer")?;
-            let g = store.issue_grant(gatehouse_approvals::NewGrant {
-                user: &user,
-                connection: &connection,
-                scope,
-                expires_at: now + Duration::from_secs(minutes.saturating_mul(60)),
-                issued_by: &who.username,
-                issued_by_groups: &who.groups,
-                allowed_issuers: &cfg.approvals.grant_issuers,
-                comment: comment.as_deref(),
+            let g = decisions::issue_grant(
+                &store,
+                cfg,
+                &who,
+                decisions::GrantOrder {
+                    user: &user,
+                    connection: &connection,
+                    minutes,
+                    scope: &scope,
+                    comment: comment.as_deref(),
+                },
                 now,
-            })?;
+            )?;
             println!(
                 "{} grants {} on {} ({:?}), issued by {}",
                 g.id, g.user, g.connection, g.scope, g.issued_by
@@ -1167,15 +1116,8 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
         }
         ApprovalsCommand::RevokeGrant { id, token } => {
             let who = cli_identity(cfg, &token, now, "revoker")?;
-            if !who
-                .groups
-                .iter()
-                .any(|g| cfg.approvals.grant_issuers.contains(g))
-            {
-                bail!("{} is not in approvals.grant_issuers", who.username);
-            }
             let id: gatehouse_approvals::GrantId = id.parse()?;
-            let g = store.revoke_grant(&id, &who.username, now)?;
+            let g = decisions::revoke_grant(&store, cfg, &who, &id, now)?;
             println!("{} revoked by {}", g.id, who.username);
             Ok(())
         }

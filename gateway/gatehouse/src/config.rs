@@ -179,7 +179,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
+    /// PostgreSQL wire protocol v3: the data path.
     Postgres,
+    /// The REST API for approvals and grants (HTTPS, OIDC bearer tokens), `/v1/...`.
+    Api,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -646,6 +649,22 @@ tags = { environment = "production" }
         assert!(hook("http://127.0.0.1:9/x").is_ok());
         assert!(hook("http://hooks.example.com/x").is_err());
         assert!(hook("ftp://127.0.0.1/x").is_err());
+    }
+
+    #[test]
+    fn api_listeners_parse_and_share_the_listener_rules() {
+        let api = |extra: &str| {
+            load(&format!(
+                "{BASE}\n[[listeners]]\nname = \"api\"\nprotocol = \"api\"\nbind = \"127.0.0.1:8443\"\n{extra}"
+            ))
+        };
+        let c = api("").unwrap();
+        assert_eq!(c.config.listeners[1].protocol, ListenerProtocol::Api);
+        assert!(api("dangerous_allow_plaintext_on_loopback = true\n").is_ok());
+        assert!(api("tls_cert = \"c.pem\"\n").is_err());
+        assert!(api("routes = 1\n").is_err());
+        let e = load(&BASE.replace("protocol = \"postgres\"", "protocol = \"http\"")).unwrap_err();
+        assert!(e.to_string().contains("http"), "{e}");
     }
 
     #[test]

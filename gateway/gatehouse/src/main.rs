@@ -2,8 +2,10 @@
 //! gateway; the others manage connections, tokens and the audit trail, or start a demo.
 #![forbid(unsafe_code)]
 
+mod api;
 mod cli;
 mod config;
+mod decisions;
 mod demo;
 mod pg;
 mod serve;

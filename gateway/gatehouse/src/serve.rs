@@ -10,7 +10,7 @@ use gatehouse_audit::EventKind;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{LoadedConfig, LogFormat};
+use crate::config::{ListenerProtocol, LoadedConfig, LogFormat};
 use crate::pg::session::{self, ListenerCtx};
 use crate::state::Gateway;
 
@@ -80,9 +80,6 @@ pub async fn prepare(
     let gw = Arc::new(Gateway::open(loaded)?);
     let mut ctxs = Vec::new();
     for l in &config.listeners {
-        match l.protocol {
-            crate::config::ListenerProtocol::Postgres => {}
-        }
         let tls = crate::tls::server_config(l, &config.gateway.data_dir, gw.keys.as_ref())
             .with_context(|| format!("listener {:?}: TLS", l.name))?;
         if l.dangerous_allow_plaintext_on_loopback {
@@ -92,6 +89,7 @@ pub async fn prepare(
             l,
             Arc::new(ListenerCtx {
                 name: l.name.clone(),
+                protocol: l.protocol,
                 tls: Some(TlsAcceptor::from(tls)),
                 allow_plaintext: l.dangerous_allow_plaintext_on_loopback,
             }),
@@ -107,7 +105,11 @@ pub async fn prepare(
         let listener = TcpListener::bind(l.bind)
             .await
             .with_context(|| format!("listener {:?}: binding {}", l.name, l.bind))?;
-        tracing::info!(listener = %l.name, addr = %listener.local_addr()?, "listening (postgres)");
+        let protocol = match l.protocol {
+            ListenerProtocol::Postgres => "postgres",
+            ListenerProtocol::Api => "api",
+        };
+        tracing::info!(listener = %l.name, addr = %listener.local_addr()?, protocol, "listening");
         bound.push((listener, ctx));
     }
     Ok((gw, bound))
@@ -142,6 +144,10 @@ pub async fn run(
     let mut tasks = Vec::new();
     for (listener, ctx) in listeners {
         let gw = gw.clone();
+        if ctx.protocol == ListenerProtocol::Api {
+            tasks.push(tokio::spawn(crate::api::serve(gw, ctx, listener)));
+            continue;
+        }
         tasks.push(tokio::spawn(async move {
             loop {
                 match listener.accept().await {
@@ -367,7 +373,7 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                     });
                     rec.rows = Some(i64::try_from(g.use_count).unwrap_or(i64::MAX));
                     rec.reason = Some(format!(
-                        "{} {:?} scope {:?}; issued by {} ({}){}; uses {}; {}",
+                        "{} {:?} scope {:?}; issued by {} ({}){}{}; uses {}; {}",
                         g.id,
                         g.status,
                         g.scope,
@@ -376,6 +382,10 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                         g.comment
                             .as_ref()
                             .map(|c| format!(": {c}"))
+                            .unwrap_or_default(),
+                        g.revoked_by
+                            .as_ref()
+                            .map(|r| format!("; revoked by {r}"))
                             .unwrap_or_default(),
                         g.use_count,
                         policy_note

@@ -35,6 +35,7 @@ pub type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 /// What a listener contributes to its sessions.
 pub struct ListenerCtx {
     pub name: String,
+    pub protocol: crate::config::ListenerProtocol,
     pub tls: Option<TlsAcceptor>,
     pub allow_plaintext: bool,
 }
@@ -43,6 +44,7 @@ impl std::fmt::Debug for ListenerCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerCtx")
             .field("name", &self.name)
+            .field("protocol", &self.protocol)
             .field("tls", &self.tls.is_some())
             .field("allow_plaintext", &self.allow_plaintext)
             .finish()
