@@ -159,3 +159,39 @@ def test_audit_survives_restart(gatehouse, alice):
     recs = gw.audit_json()
     assert any(marker in r.get("statement", "") for r in recs)
     assert [r["event"] for r in recs].count("gateway.start") == 2
+
+
+def test_search_by_user_connection_event_decision_and_time(gw):
+    """`gatehouse audit search` finds records by user (inside the seal), connection, event,
+    decision and time range; the filters combine with AND."""
+    users = [f"search-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    for u in users:
+        tok = gw.token(u)
+        p = gw.psql(u, tok, "-c", f"SELECT '{u}'", "-c", "SELECT 1")
+        assert p.returncode == 0, p.stderr
+    bad = gw.psql(users[0], "not-a-token", "-c", "SELECT 1")
+    assert bad.returncode != 0
+    end = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
+
+    def search(*args):
+        out = gw.cli("audit", "search", "--json", *args).stdout
+        return [__import__("json").loads(line) for line in out.splitlines() if line.strip()]
+
+    mine = search("--user", users[0], "--event", "statement")
+    assert [r["statement"] for r in mine] == [f"SELECT '{users[0]}'", "SELECT 1"], mine
+    assert all(r["username"] == users[0] and r["decision"] == "allow" for r in mine)
+    assert search("--user", users[1], "--event", "statement", "--decision", "deny") == []
+    fails = search("--event", "login.failure", "--from", start.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert any(r.get("username") == users[0] for r in fails), fails
+    window = search("--user", users[1], "--connection", "app",
+                    "--from", start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "--to", end.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert {r["event"] for r in window} >= {"login.success", "statement", "session.end"}, window
+    assert all(r["username"] == users[1] for r in window)
+    # A time range before any of it finds nothing of it.
+    assert search("--user", users[1], "--to", start.strftime("%Y-%m-%dT%H:%M:%SZ")) == []
+    # Bad filters are refused with a clear message.
+    p = gw.cli("audit", "search", "--event", "nonsense", check=False)
+    assert p.returncode != 0 and "unknown --event" in p.stderr
+    assert search("--limit", "2", "--user", users[0]).__len__() == 2

@@ -258,6 +258,34 @@ pub enum AuditCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Find records by user, connection, event, decision and time range (all optional,
+    /// combined with AND), oldest first.
+    Search {
+        /// User name (from the token's username claim).
+        #[arg(long)]
+        user: Option<String>,
+        /// Gatehouse connection name.
+        #[arg(long)]
+        connection: Option<String>,
+        /// Event kind, e.g. `statement`, `login.failure`, `approval.approved`.
+        #[arg(long)]
+        event: Option<String>,
+        /// `allow` or `deny`.
+        #[arg(long)]
+        decision: Option<String>,
+        /// From this UTC time (RFC 3339, inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this UTC time (RFC 3339, exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify the whole store offline: every record's hash chain and seal, the Merkle tree,
     /// every checkpoint's signature, truncation and rollback. Exits 1 naming the first bad
     /// record or checkpoint.
@@ -368,6 +396,61 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                     print_record(&r, json);
                 }
             }
+        }
+        AuditCommand::Search {
+            user,
+            connection,
+            event,
+            decision,
+            from,
+            to,
+            limit,
+            json,
+        } => {
+            let time = |s: Option<String>, what: &str| -> anyhow::Result<Option<i64>> {
+                s.map(|t| {
+                    gatehouse_audit::parse_rfc3339_us(&t).ok_or_else(|| {
+                        anyhow::anyhow!("--{what} {t:?} is not an RFC 3339 UTC time (2026-12-01T00:00:00Z)")
+                    })
+                })
+                .transpose()
+            };
+            let event = event
+                .map(|e| {
+                    gatehouse_audit::EventKind::from_name(&e).ok_or_else(|| {
+                        let known: Vec<&str> = gatehouse_audit::EventKind::ALL
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect();
+                        anyhow::anyhow!("unknown --event {e:?}; one of: {}", known.join(", "))
+                    })
+                })
+                .transpose()?;
+            let decision = decision
+                .map(|d| {
+                    gatehouse_audit::Decision::from_name(&d)
+                        .ok_or_else(|| anyhow::anyhow!("--decision must be allow or deny"))
+                })
+                .transpose()?;
+            let filter = gatehouse_audit::Filter {
+                username: user,
+                connection,
+                event,
+                decision,
+                from_us: time(from, "from")?,
+                to_us: time(to, "to")?,
+                after_seq: None,
+                limit: Some(limit),
+            };
+            let reader = audit_reader(cfg)?;
+            let found = reader.search(&filter)?;
+            for r in &found {
+                print_record(r, json);
+            }
+            if !json {
+                eprintln!("{} record(s)", found.len());
+            }
+            Ok(())
         }
         AuditCommand::Verify {
             json,
