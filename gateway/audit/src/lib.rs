@@ -7,23 +7,30 @@
 //! # Invariants
 //! - **Only this crate knows SQLite.** Callers see records, sequence numbers and typed errors;
 //!   the schema, the SQL and the file format stay in here (`schema.rs` alone names columns).
-//! - **A record acknowledged is committed.** `append` resolves `Ok(seq)` only after the SQLite
-//!   transaction holding the record has committed (durable against process crashes with
-//!   [`Synchronous::Normal`], against power loss with [`Synchronous::Full`]).
-//! - **Fail closed.** If a group's insert or commit fails, every record of that group gets an
-//!   error and none of them is stored (one transaction); the store reports unhealthy,
-//!   [`AuditStore::append_nowait`] is refused, and each later group is retried afresh. Rows
-//!   already committed are never touched.
-//! - **Sequence numbers are dense**: 1, 2, 3, … in commit order, with no gaps, continuing across
-//!   restarts (a failed group assigns nothing).
+//! - **A record acknowledged is journaled.** `append` resolves `Ok(seq)` only after the
+//!   record's frame is written to the journal (`<db>.journal`, one `write(2)` per append):
+//!   durable against process crashes at once, against power loss after the sync window
+//!   ([`Synchronous::Normal`]) or before the acknowledgement ([`Synchronous::Full`], one
+//!   fsync shared by every append waiting). The journal is replayed into SQLite at open, and
+//!   by [`recover`] when no writer runs; it is emptied only after the WAL holding its rows
+//!   is fsynced.
+//! - **Fail closed.** If an append's write fails, nothing of it is kept (the journal is cut
+//!   back to its last whole frame) and the caller gets an error; if ingestion into SQLite
+//!   fails, the journaled rows are kept and every new append is refused until an ingestion
+//!   succeeds. Rows already committed are never touched.
+//! - **Sequence numbers are dense**: 1, 2, 3, … in journal order, with no gaps, continuing
+//!   across restarts (a failed append assigns nothing).
+//! - **One writer**: the journal is `flock`ed; a second store on the same file is refused.
 //! - **Errors never carry record contents** (SQL text, identities, addresses).
 //!
-//! # Group commit
-//! One writer thread owns the read-write connection. It blocks on a channel, drains everything
-//! queued (up to [`StoreOptions::max_batch`] records), inserts all of it in one
-//! `BEGIN IMMEDIATE … COMMIT`, then acknowledges every caller through a oneshot channel. Under
-//! load many callers share one commit (one fsync), so throughput grows with concurrency while
-//! each caller still waits for its own commit.
+//! # Journal and ingestion
+//! An append takes a short mutex, seals, chains and encodes its records, appends them to the
+//! journal and returns: no thread hand-off on the statement's path. A background thread moves
+//! journaled rows into SQLite in one transaction every [`StoreOptions::ingest_window`] (or at
+//! [`StoreOptions::ingest_batch`] rows), fsyncs the journal, writes checkpoints (of what it
+//! has ingested) and empties the journal when it has grown. Readers see a record once it is
+//! ingested; [`AuditStore::flush`] forces that. `append_nowait` records (outcomes, session
+//! ends) are kept in memory and journaled with the next append or ingestion.
 //!
 //! # Hash chain and canonical encoding
 //! Each row stores `prev_hash` and `hash`, where
