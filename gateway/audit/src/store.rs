@@ -94,6 +94,9 @@ struct Shared {
     gone: AtomicBool,
     /// The append side, taken by each append for the few microseconds it needs.
     log: Mutex<Log>,
+    /// Signalled after each ingestion (and when the writer ends): appends waiting for the
+    /// pending queue to drain below [`MAX_PENDING`] check again.
+    drained: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -141,6 +144,11 @@ struct Log {
     ingest_batch: usize,
     strict: bool,
 }
+
+/// Most journaled rows waiting for ingestion before appends wait for the background thread
+/// (backpressure: a burst faster than SQLite ingests cannot grow memory and the journal
+/// without bound).
+const MAX_PENDING: usize = 65_536;
 
 /// Most `append_nowait` records kept while the journal cannot be written.
 const MAX_DEFERRED: usize = 65_536;
@@ -447,6 +455,7 @@ impl AuditStore {
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
             gone: AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
             log: Mutex::new(Log {
                 journal_file: FileIdentity::of(&journal::path_for(path))?,
                 sealer,
@@ -532,6 +541,7 @@ impl AuditStore {
     /// the journal's group fsync in strict mode. Never blocks longer than one `write(2)`
     /// (plus, in strict mode, awaiting the fsync).
     pub async fn append(&self, record: Record) -> Result<Seq, AuditError> {
+        self.backpressure().await;
         let seq = self.journal(std::slice::from_ref(&record))?;
         self.durable().await?;
         Ok(seq)
@@ -540,6 +550,7 @@ impl AuditStore {
     /// Writes several records with one journal write and one acknowledgement. Sequence
     /// numbers are consecutive, in input order.
     pub async fn append_batch(&self, records: Vec<Record>) -> Result<Vec<Seq>, AuditError> {
+        self.backpressure().await;
         let first = self.journal(&records)?;
         self.durable().await?;
         let n = Seq::try_from(records.len()).unwrap_or(Seq::MAX);
@@ -625,6 +636,25 @@ impl AuditStore {
         let _ = self.inner.tx.send(Msg::Wake { now });
     }
 
+    /// Waits while [`MAX_PENDING`] rows wait for ingestion (never in the steady state: the
+    /// background thread ingests far faster than sessions produce).
+    async fn backpressure(&self) {
+        let shared = &self.inner.shared;
+        loop {
+            let notified = shared.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let log = shared.log();
+                if log.pending.len() < MAX_PENDING || log.stopped {
+                    return;
+                }
+            }
+            let _ = self.inner.tx.send(Msg::Wake { now: true });
+            notified.await;
+        }
+    }
+
     /// In strict mode, awaits the group fsync that covers everything journaled so far.
     async fn durable(&self) -> Result<(), AuditError> {
         if !self.inner.strict {
@@ -703,6 +733,7 @@ impl Drop for GoneOnExit {
         self.0.log().stopped = true;
         self.0.gone.store(true, Ordering::Release);
         self.0.healthy.store(false, Ordering::Release);
+        self.0.drained.notify_waiters();
     }
 }
 
@@ -863,7 +894,9 @@ impl Writer {
         if rows.is_empty() {
             return Ok(snapshot);
         }
-        match self.insert(&rows, &chunks) {
+        let inserted = self.insert(&rows, &chunks);
+        self.shared.drained.notify_waiters();
+        match inserted {
             Ok(()) => {
                 self.ingested = snapshot.size;
                 let mut log = self.shared.log();
