@@ -51,8 +51,10 @@ pub(crate) struct Row {
     /// The clear columns: the whole record in an unsealed store, its clear view in a sealed
     /// one (never a sensitive field in the clear).
     pub clear: Record,
-    /// `clear.policy_hash`, which the serde derive of [`Record`] skips (an extension field).
+    /// `clear.policy_hash` and `clear.payload`, which the serde derive of [`Record`] skips
+    /// (extension fields).
     pub policy_hash: Option<String>,
+    pub payload: Option<Vec<u8>>,
 }
 
 /// The journal's path for the database at `db`: `<db>.journal`.
@@ -104,6 +106,7 @@ fn decode_frames(bytes: &[u8]) -> (Vec<Row>, usize) {
         match postcard::from_bytes::<Row>(payload) {
             Ok(mut row) => {
                 row.clear.policy_hash = row.policy_hash.clone();
+                row.clear.payload = row.payload.clone();
                 rows.push(row);
             }
             Err(_) => break,
@@ -248,6 +251,7 @@ mod tests {
                 ..Record::new(EventKind::Statement, "gw", seq)
             },
             policy_hash: Some("ab".repeat(32)),
+            payload: None,
         }
     }
 

@@ -22,6 +22,8 @@ pub struct Filter {
     pub username: Option<String>,
     /// Exact target connection name.
     pub connection: Option<String>,
+    /// Exact client session id.
+    pub session_id: Option<String>,
     /// Event kind.
     pub event: Option<EventKind>,
     /// Decision.
@@ -241,6 +243,9 @@ impl AuditReader {
         }
         if let Some(c) = &filter.connection {
             add("connection = ?", SqlValue::Text(c.clone()));
+        }
+        if let Some(id) = &filter.session_id {
+            add("session_id = ?", SqlValue::Text(id.clone()));
         }
         if let Some(e) = filter.event {
             add("event = ?", SqlValue::Text(e.as_str().into()));

@@ -65,11 +65,16 @@ pub enum EventKind {
     /// A grant ended: expired or revoked.
     #[serde(rename = "grant.ended")]
     GrantEnded,
+    /// Part of a session recording: the bytes the client received (after masking), in
+    /// `payload`; `ref_seq` = the newest statement of the session, `duration_us` = offset
+    /// from the session start; `reason` notes a truncation.
+    #[serde(rename = "session.output")]
+    SessionOutput,
 }
 
 impl EventKind {
     /// Every variant, in declaration order.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::GatewayStart,
         EventKind::GatewayStop,
         EventKind::ConfigLoaded,
@@ -87,6 +92,7 @@ impl EventKind {
         EventKind::ApprovalExecuted,
         EventKind::GrantIssued,
         EventKind::GrantEnded,
+        EventKind::SessionOutput,
     ];
 
     /// The stored/serialized name, e.g. `"login.success"`.
@@ -109,6 +115,7 @@ impl EventKind {
             EventKind::ApprovalExecuted => "approval.executed",
             EventKind::GrantIssued => "grant.issued",
             EventKind::GrantEnded => "grant.ended",
+            EventKind::SessionOutput => "session.output",
         }
     }
 
@@ -225,6 +232,10 @@ pub struct Record {
     /// written before it existed keep their exact bytes and hashes.
     #[serde(skip)]
     pub policy_hash: Option<String>,
+    /// Recorded session bytes (`session.output`). Extension field, like `policy_hash`;
+    /// sensitive (sealed, never in a clear column of a sealed store).
+    #[serde(skip)]
+    pub payload: Option<Vec<u8>>,
 }
 
 impl Record {
@@ -258,32 +269,45 @@ impl Record {
             ref_seq: None,
             config_hash: None,
             policy_hash: None,
+            payload: None,
         }
     }
 
     /// The canonical encoding: postcard of the derived fields (`time_us` … `config_hash`,
-    /// the v1 layout), then, only for records that carry extension fields, postcard of
-    /// `Some(policy_hash)`. A record without extensions encodes exactly as before the
-    /// extension existed. Appends to `out`.
+    /// the v1 layout), then the extension fields (`policy_hash`, `payload`) as postcard
+    /// `Option`s, up to the last one that is set and no further. A record without extensions
+    /// encodes exactly as before the extensions existed. Appends to `out`.
     pub fn encode_canonical(&self, out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
         let mut out = postcard::to_extend(self, out)?;
-        if let Some(h) = &self.policy_hash {
-            out = postcard::to_extend(&Some(h.as_str()), out)?;
+        if self.payload.is_some() {
+            out = postcard::to_extend(&self.policy_hash, out)?;
+            out = postcard::to_extend(&self.payload, out)?;
+        } else if self.policy_hash.is_some() {
+            out = postcard::to_extend(&self.policy_hash, out)?;
         }
         Ok(out)
     }
 
-    /// Inverse of [`Record::encode_canonical`]; rejects trailing bytes and an explicit
-    /// `None` extension (each record has exactly one encoding).
+    /// Inverse of [`Record::encode_canonical`]; rejects trailing bytes and a trailing `None`
+    /// extension (each record has exactly one encoding).
     pub fn decode_canonical(bytes: &[u8]) -> Result<Record, postcard::Error> {
         let (mut record, rest): (Record, &[u8]) = postcard::take_from_bytes(bytes)?;
-        if !rest.is_empty() {
-            let (hash, rest): (Option<String>, &[u8]) = postcard::take_from_bytes(rest)?;
-            if hash.is_none() || !rest.is_empty() {
+        if rest.is_empty() {
+            return Ok(record);
+        }
+        let (hash, rest): (Option<String>, &[u8]) = postcard::take_from_bytes(rest)?;
+        record.policy_hash = hash;
+        if rest.is_empty() {
+            if record.policy_hash.is_none() {
                 return Err(postcard::Error::DeserializeBadEncoding);
             }
-            record.policy_hash = hash;
+            return Ok(record);
         }
+        let (payload, rest): (Option<Vec<u8>>, &[u8]) = postcard::take_from_bytes(rest)?;
+        if payload.is_none() || !rest.is_empty() {
+            return Err(postcard::Error::DeserializeBadEncoding);
+        }
+        record.payload = payload;
         Ok(record)
     }
 }
@@ -359,6 +383,10 @@ impl StoredRecord {
         }
         put_text(&mut m, "config_hash", &r.config_hash);
         put_text(&mut m, "policy_hash", &r.policy_hash);
+        if let Some(p) = &r.payload {
+            m.insert("payload_len".into(), Value::from(p.len()));
+            m.insert("payload_hex".into(), Value::from(hex::encode(p)));
+        }
         m.insert("prev_hash".into(), Value::from(hex::encode(self.prev_hash)));
         m.insert("hash".into(), Value::from(hex::encode(self.hash)));
         Value::Object(m)

@@ -56,9 +56,10 @@ CREATE TABLE IF NOT EXISTS records (
 ) STRICT;
 "#;
 
-/// Version 3: the policy hash of decision records (an extension field of [`Record`]), in
-/// the clear like the config hash.
-const SCHEMA_V3: &str = "ALTER TABLE records ADD COLUMN policy_hash TEXT;";
+/// Version 3: the extension fields of [`Record`]: the policy hash of decision records (in
+/// the clear, like the config hash) and session-recording payloads (NULL in sealed rows).
+const SCHEMA_V3: &str = "ALTER TABLE records ADD COLUMN policy_hash TEXT;
+ALTER TABLE records ADD COLUMN payload BLOB;";
 
 /// Version 2: sealed records, the Merkle chunk hashes, signed checkpoints, pruning state.
 /// For a sealed row, `key_id` names the audit key and `sealed` holds the AES-256-GCM sealed
@@ -98,14 +99,14 @@ CREATE TABLE meta (
 pub(crate) const COLUMNS: &str = r#"seq, time_us, event, gateway, listener, session_id, source,
     subject, username, email, "groups", token_id, issuer, connection, protocol, statement,
     statement_name, param_count, decision, reason, sqlstate, "rows", bytes_in, bytes_out,
-    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed, policy_hash"#;
+    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed, policy_hash, payload"#;
 
 const INSERT: &str = r#"INSERT INTO records (seq, time_us, event, gateway, listener, session_id,
     source, subject, username, email, "groups", token_id, issuer, connection, protocol, statement,
     statement_name, param_count, decision, reason, sqlstate, "rows", bytes_in, bytes_out,
-    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed, policy_hash)
+    duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed, policy_hash, payload)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"#;
+    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"#;
 
 /// Creates the table if missing and checks the schema version.
 pub(crate) fn ensure_schema(conn: &mut Connection) -> Result<(), AuditError> {
@@ -209,6 +210,7 @@ pub(crate) fn seal_row(
         key_id,
         sealed,
         policy_hash: clear.policy_hash.clone(),
+        payload: clear.payload.clone(),
         clear,
     })
 }
@@ -259,6 +261,7 @@ pub(crate) fn insert_rows<'a>(
             row.key_id,
             row.sealed,
             r.policy_hash,
+            r.payload,
         ])?;
     }
     Ok(())
@@ -304,6 +307,7 @@ pub(crate) fn clear_view(r: &Record) -> Record {
         statement: None,
         statement_name: None,
         reason: None,
+        payload: None,
         ..r.clone()
     }
 }
@@ -422,6 +426,7 @@ pub(crate) fn row_to_stored(row: &Row<'_>) -> Result<StoredRecord, AuditError> {
         ref_seq: row.get(25).map_err(col)?,
         config_hash: row.get(26).map_err(col)?,
         policy_hash: row.get(31).map_err(col)?,
+        payload: row.get(32).map_err(col)?,
     };
     let prev_hash: Vec<u8> = row.get(27).map_err(col)?;
     let hash: Vec<u8> = row.get(28).map_err(col)?;
@@ -656,6 +661,26 @@ mod tests {
             chain_hash(&GENESIS, 1, &old, &mut buf).unwrap(),
             chain_hash(&GENESIS, 1, &new, &mut buf).unwrap()
         );
+        // A payload without a policy hash: the policy slot is an explicit None before it.
+        let rec = Record {
+            payload: Some(vec![7, 8]),
+            ..old.clone()
+        };
+        let v3 = rec.encode_canonical(Vec::new()).unwrap();
+        let mut want = v1.clone();
+        want.extend([0x00, 0x01, 0x02, 7, 8]);
+        assert_eq!(v3, want);
+        assert_eq!(Record::decode_canonical(&v3).unwrap(), rec);
+        let both = Record {
+            policy_hash: Some("ab".into()),
+            ..rec
+        };
+        let v4 = both.encode_canonical(Vec::new()).unwrap();
+        assert_eq!(Record::decode_canonical(&v4).unwrap(), both);
+        // A trailing explicit None payload is not canonical.
+        let mut bad = v2.clone();
+        bad.push(0x00);
+        assert!(Record::decode_canonical(&bad).is_err());
     }
 
     #[test]

@@ -64,6 +64,7 @@ fn full_record() -> Record {
         ref_seq: Some(1),
         config_hash: Some("ab".repeat(32)),
         policy_hash: Some("cd".repeat(32)),
+        payload: Some(b"\x00T\x00recorded bytes".to_vec()),
     }
 }
 
@@ -281,7 +282,7 @@ async fn tampering_is_located() {
              subject, username, email, \"groups\", token_id, issuer, connection, protocol,
              statement, statement_name, param_count, decision, reason, sqlstate, \"rows\",
              bytes_in, bytes_out, duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed,
-             policy_hash
+             policy_hash, payload
          FROM records WHERE seq = 1",
     )
     .unwrap();

@@ -102,6 +102,9 @@ pub fn controls_for(r: &Record) -> Vec<&'static str> {
             }
         }
         EventKind::StatementResult => c.push("au-3.1"),
+        // Session recordings: full content of what the user received (AU-3(1)), captured
+        // after masking and sealed like the rest.
+        EventKind::SessionOutput => c.extend(["au-3.1", "sc-28"]),
         EventKind::SessionEnd => c.push("ac-2"),
         EventKind::ConfigLoaded => c.push("cm-2"),
         // A vaulted credential stopped on its way out: monitoring (SI-4) and an incident

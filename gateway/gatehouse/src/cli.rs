@@ -365,7 +365,7 @@ fn recover_journal(path: &Path) {
     }
 }
 
-fn audit_reader(cfg: &crate::config::Config) -> anyhow::Result<AuditReader> {
+pub(crate) fn audit_reader(cfg: &crate::config::Config) -> anyhow::Result<AuditReader> {
     let path = cfg.audit_path();
     if !path.exists() {
         bail!("no audit store at {}", path.display());
@@ -410,7 +410,9 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
             let time = |s: Option<String>, what: &str| -> anyhow::Result<Option<i64>> {
                 s.map(|t| {
                     gatehouse_audit::parse_rfc3339_us(&t).ok_or_else(|| {
-                        anyhow::anyhow!("--{what} {t:?} is not an RFC 3339 UTC time (2026-12-01T00:00:00Z)")
+                        anyhow::anyhow!(
+                            "--{what} {t:?} is not an RFC 3339 UTC time (2026-12-01T00:00:00Z)"
+                        )
                     })
                 })
                 .transpose()
@@ -435,6 +437,7 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
             let filter = gatehouse_audit::Filter {
                 username: user,
                 connection,
+                session_id: None,
                 event,
                 decision,
                 from_us: time(from, "from")?,

@@ -389,6 +389,17 @@ pub struct ConnectionConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Record each session: what the client received (after masking), sealed and chained
+    /// in the audit store as `session.output` records (`gatehouse sessions show`).
+    #[serde(default)]
+    pub record_sessions: bool,
+    /// Most bytes recorded per session; the rest is not recorded and the truncation is.
+    #[serde(default = "default_recording_max_bytes")]
+    pub recording_max_bytes: u64,
+}
+
+fn default_recording_max_bytes() -> u64 {
+    1 << 20
 }
 
 fn default_pg_port() -> u16 {

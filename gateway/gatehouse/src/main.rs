@@ -9,6 +9,7 @@ mod decisions;
 mod demo;
 mod pg;
 mod serve;
+mod sessions;
 mod state;
 mod tls;
 mod webhook;
@@ -53,6 +54,9 @@ enum Command {
     /// Key store and board: provision, status, rotation, sealed TLS keys.
     #[command(subcommand)]
     Board(cli::BoardCommand),
+    /// Session recordings: list sessions, replay one with timings and what the client saw.
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCommand),
     /// Just-in-time approvals: list, approve, deny.
     #[command(subcommand)]
     Approvals(cli::ApprovalsCommand),
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Board(cmd) => cli::board(&cli.config, cmd),
         Command::Status { json } => cli::status(&cli.config, json),
         Command::Approvals(cmd) => cli::approvals(&cli.config, cmd),
+        Command::Sessions(cmd) => sessions::main(&cli.config, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

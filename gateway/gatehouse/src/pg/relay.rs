@@ -119,6 +119,80 @@ struct Who {
     groups: Vec<String>,
     connection: String,
     tags: std::collections::BTreeMap<String, String>,
+    /// `Some(max bytes)` when the connection records sessions.
+    recording: Option<u64>,
+}
+
+/// A session recording in progress: the bytes the client received (after masking), cut
+/// into `session.output` records at each ReadyForQuery (or every [`RECORDING_CHUNK`]).
+struct Recorder {
+    max: u64,
+    total: u64,
+    buf: Vec<u8>,
+    started: Instant,
+    truncated: bool,
+    /// The newest statement seen completing (the records' `ref_seq`).
+    last_ref: Option<i64>,
+}
+
+/// A recording record is written at least every this many bytes.
+const RECORDING_CHUNK: usize = 64 * 1024;
+
+impl Recorder {
+    fn new(max: u64) -> Recorder {
+        Recorder {
+            max,
+            total: 0,
+            buf: Vec::new(),
+            started: Instant::now(),
+            truncated: false,
+            last_ref: None,
+        }
+    }
+
+    /// Takes what the client was sent; true when this crossed the size limit.
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        if self.truncated {
+            return false;
+        }
+        let room = usize::try_from(self.max.saturating_sub(self.total)).unwrap_or(usize::MAX);
+        let take = bytes.len().min(room);
+        self.buf.extend_from_slice(&bytes[..take]);
+        self.total += take as u64;
+        if take < bytes.len() {
+            self.truncated = true;
+            return true;
+        }
+        false
+    }
+
+    /// The next `session.output` record, when one is due.
+    fn record(
+        &mut self,
+        gw: &Gateway,
+        info: &SessionInfo,
+        boundary: bool,
+        just_truncated: bool,
+    ) -> Option<Record> {
+        if !(just_truncated
+            || (boundary && !self.buf.is_empty())
+            || self.buf.len() >= RECORDING_CHUNK)
+        {
+            return None;
+        }
+        let mut r = info.record(gw, EventKind::SessionOutput);
+        r.payload = Some(std::mem::take(&mut self.buf));
+        r.ref_seq = self.last_ref;
+        r.duration_us = Some(i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX));
+        r.bytes_out = Some(i64::try_from(self.total).unwrap_or(i64::MAX));
+        if just_truncated {
+            r.reason = Some(format!(
+                "recording truncated: the limit of {} bytes per session was reached",
+                self.max
+            ));
+        }
+        Some(r)
+    }
 }
 
 /// The policy's verdict on one request, for the relay.
@@ -449,20 +523,22 @@ pub async fn run(
     let shared = Mutex::new(Shared::default());
     let who = info.identity.as_ref().map(|id| {
         let connection = info.connection.clone().unwrap_or_default();
-        let tags = gw
-            .config
-            .load()
+        let config = gw.config.load();
+        let conn = config
             .config
             .connections
             .iter()
-            .find(|c| c.name == connection)
-            .map(|c| c.tags.clone())
-            .unwrap_or_default();
+            .find(|c| c.name == connection);
+        let tags = conn.map(|c| c.tags.clone()).unwrap_or_default();
+        let recording = conn
+            .filter(|c| c.record_sessions)
+            .map(|c| c.recording_max_bytes);
         Arc::new(Who {
             user: id.username.clone(),
             groups: id.groups.clone(),
             connection,
             tags,
+            recording,
         })
     });
     let (crd, cwr) = tokio::io::split(client);
@@ -1118,6 +1194,7 @@ where
         counts: gatehouse_masking::Counts::new(),
     };
     let max_message = masking.max_message();
+    let mut recorder = who.as_ref().and_then(|w| w.recording).map(Recorder::new);
     loop {
         if buf.capacity() - buf.len() < 8192 {
             buf.reserve(64 * 1024);
@@ -1135,6 +1212,7 @@ where
         // `buf[..pos]`, complete up to `copied`.
         let mut out: Option<BytesMut> = None;
         let mut copied = 0usize;
+        let mut ready = false;
         loop {
             let h = peek_header(&buf[pos..], PQ_LARGE_MESSAGE_LIMIT)
                 .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
@@ -1158,6 +1236,7 @@ where
                 o.extend_from_slice(&replacement);
                 copied = pos + h.total_len;
             }
+            ready |= h.tag == b'Z';
             match h.tag {
                 b'D' => rows += 1,
                 b'C' | b'E' | b'Z' | b'I' | b's' => {
@@ -1194,6 +1273,11 @@ where
         if rows > 0 {
             lock(shared).stats.rows += rows;
         }
+        if let Some(rec) = recorder.as_mut() {
+            if let Some(r) = done.iter().rev().find_map(|r| r.ref_seq) {
+                rec.last_ref = Some(r);
+            }
+        }
         for r in done.drain(..) {
             // The statement has run: its outcome goes to the client whatever happens here.
             // An outcome the journal cannot take now is kept by the store and written ahead
@@ -1213,6 +1297,15 @@ where
             };
             wr.write_all(bytes).await?;
             lock(shared).stats.bytes_out += bytes.len() as u64;
+            if let Some(rec) = recorder.as_mut() {
+                let just_truncated = rec.push(bytes);
+                if let Some(r) = rec.record(gw, info, ready, just_truncated) {
+                    // Like an outcome: written after the fact, never delays the client.
+                    if let Err(e) = gw.audit.append_nowait(r) {
+                        tracing::warn!(error = %e, "session recording record deferred");
+                    }
+                }
+            }
             buf.advance(pos);
         }
     }
