@@ -65,11 +65,22 @@ pub enum EventKind {
     /// A grant ended: expired or revoked.
     #[serde(rename = "grant.ended")]
     GrantEnded,
+    /// An auditor opened an evidence file over SFTP (`statement`: `open <path>`, `rows`: size
+    /// in bytes). Recorded before the file handle is returned.
+    #[serde(rename = "sftp.open")]
+    SftpOpen,
+    /// An auditor closed an evidence file over SFTP (`bytes_out`: bytes sent, `duration_us`).
+    #[serde(rename = "sftp.download")]
+    SftpDownload,
+    /// An SFTP/SSH operation was refused: a write, remove, rename, path escape, symlink, shell,
+    /// exec, forwarding (`statement`: operation and target, `reason`: why).
+    #[serde(rename = "sftp.denied")]
+    SftpDenied,
 }
 
 impl EventKind {
     /// Every variant, in declaration order.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::GatewayStart,
         EventKind::GatewayStop,
         EventKind::ConfigLoaded,
@@ -87,6 +98,9 @@ impl EventKind {
         EventKind::ApprovalExecuted,
         EventKind::GrantIssued,
         EventKind::GrantEnded,
+        EventKind::SftpOpen,
+        EventKind::SftpDownload,
+        EventKind::SftpDenied,
     ];
 
     /// The stored/serialized name, e.g. `"login.success"`.
@@ -109,6 +123,9 @@ impl EventKind {
             EventKind::ApprovalExecuted => "approval.executed",
             EventKind::GrantIssued => "grant.issued",
             EventKind::GrantEnded => "grant.ended",
+            EventKind::SftpOpen => "sftp.open",
+            EventKind::SftpDownload => "sftp.download",
+            EventKind::SftpDenied => "sftp.denied",
         }
     }
 
