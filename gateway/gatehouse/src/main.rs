@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod pg;
 mod serve;
+mod sftp;
 mod state;
 mod tls;
 mod webhook;
@@ -54,6 +55,9 @@ enum Command {
     /// Just-in-time approvals: list, approve, deny.
     #[command(subcommand)]
     Approvals(cli::ApprovalsCommand),
+    /// The read-only SFTP server for auditors: its host key.
+    #[command(subcommand)]
+    Sftp(sftp::SftpCommand),
     /// Is the gateway running, which key store, audit durability and checkpoint coverage.
     Status {
         #[arg(long)]
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Board(cmd) => cli::board(&cli.config, cmd),
         Command::Status { json } => cli::status(&cli.config, json),
         Command::Approvals(cmd) => cli::approvals(&cli.config, cmd),
+        Command::Sftp(cmd) => sftp::command(&cli.config, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
