@@ -27,6 +27,14 @@ use crate::vfs::Root;
 /// The listener name in audit records.
 pub const LISTENER: &str = "sftp";
 
+/// Session channels one connection may open (over its life).
+const MAX_CHANNELS: usize = 4;
+
+/// An unauthenticated connection is closed after this long (OpenSSH's `LoginGraceTime` is
+/// 120 s; an auditor's client logs in within a second), so that connections that never log in
+/// cannot hold the session slots.
+const LOGIN_GRACE: Duration = Duration::from_secs(20);
+
 /// How long shutdown waits for sessions to end after asking them to.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -252,8 +260,10 @@ async fn connection(
         peer,
         who: None,
     };
+    let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handler = Conn {
         ctx,
+        authenticated: Arc::clone(&authenticated),
         started: Instant::now(),
         channels: HashMap::new(),
         sessions_opened: 0,
@@ -268,22 +278,42 @@ async fn connection(
         }
     };
     let handle = running.handle();
-    tokio::select! {
-        r = &mut running => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "sftp: session ended with an error");
+    let grace = tokio::time::sleep(LOGIN_GRACE);
+    tokio::pin!(grace);
+    let mut grace_over = false;
+    loop {
+        tokio::select! {
+            () = &mut grace, if !grace_over => {
+                grace_over = true;
+                if !authenticated.load(Ordering::Relaxed) {
+                    tracing::info!(%peer, "sftp: no login within the grace time; disconnecting");
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "login grace time over".into(),
+                            "en".into(),
+                        )
+                        .await;
+                }
+                continue;
+            }
+            r = &mut running => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "sftp: session ended with an error");
+                }
+            }
+            _ = shutdown.changed() => {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "gateway shutting down".into(),
+                        "en".into(),
+                    )
+                    .await;
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut running).await;
             }
         }
-        _ = shutdown.changed() => {
-            let _ = handle
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    "gateway shutting down".into(),
-                    "en".into(),
-                )
-                .await;
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, running).await;
-        }
+        break;
     }
 }
 
@@ -297,6 +327,7 @@ enum ConnError {
 /// One SSH connection.
 struct Conn {
     ctx: Ctx,
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
     started: Instant,
     channels: HashMap<ChannelId, Channel<Msg>>,
     sessions_opened: usize,
@@ -409,6 +440,7 @@ impl russh::server::Handler for Conn {
         }
         tracing::info!(auditor = %k.auditor, key = %fp, peer = %self.ctx.peer, "sftp: auditor logged in");
         self.ctx = ctx;
+        self.authenticated.store(true, Ordering::Relaxed);
         Ok(Auth::Accept)
     }
 
@@ -418,9 +450,9 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // One session channel per connection (the sftp client opens one).
-        if self.sessions_opened >= 1 {
-            self.refuse("channel", "session", "one session channel per connection")
+        // A few session channels per connection (the sftp client opens one).
+        if self.sessions_opened >= MAX_CHANNELS {
+            self.refuse("channel", "session", "too many session channels")
                 .await;
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
