@@ -96,6 +96,8 @@ install_system_packages() {
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v jq >/dev/null 2>&1 || missing+=(jq)
+  # OpenSSH's sftp/ssh/ssh-keygen/ssh-keyscan: the real clients of the SFTP server tests.
+  command -v sftp >/dev/null 2>&1 && command -v ssh-keyscan >/dev/null 2>&1 || missing+=(openssh-client)
   # TPM 2.0: swtpm for the key-store tests, libtss2 for tss-esapi.
   command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
   command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)

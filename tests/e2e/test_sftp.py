@@ -12,9 +12,8 @@ import errno
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
-import time
 from pathlib import Path
 
 import paramiko
@@ -377,6 +376,32 @@ def test_malformed_sftp_stream_ends_only_that_session(sgw, known_hosts, keys):
     finally:
         c.close()
     assert any(r["statement"] == "protocol" for r in events(sgw, "sftp.denied"))
+
+
+def test_removing_an_auditor_takes_effect_on_reload(sgw, known_hosts, keys):
+    """SIGHUP with dave's block removed: dave's key no longer logs in; restored, it does again."""
+    original = sgw.config.read_text()
+    start = original.index('[[sftp.auditors]]\nname = "dave"')
+    without_dave = original[:start] + original[start:].split("\n", 3)[3]
+    assert 'name = "dave"' not in without_dave and 'name = "carol"' in without_dave
+
+    def dave_logs_in() -> bool:
+        try:
+            connect(sgw, keys["dave"], "dave", known_hosts).close()
+            return True
+        except paramiko.AuthenticationException:
+            return False
+
+    assert dave_logs_in()
+    try:
+        sgw.config.write_text(without_dave)
+        sgw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: not dave_logs_in(), timeout=15, what="dave refused after the reload")
+        connect(sgw, keys["carol"], "carol", known_hosts).close()
+    finally:
+        sgw.config.write_text(original)
+        sgw.proc.send_signal(signal.SIGHUP)
+    wait_for(dave_logs_in, timeout=15, what="dave back after the second reload")
 
 
 def test_sessions_are_bounded(sgw, known_hosts, keys):

@@ -63,6 +63,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     exports: Option<tokio::task::JoinHandle<()>>,
+    reload: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the SFTP server when `[sftp]` is configured: unseals (or makes) the host key, binds
@@ -94,6 +95,7 @@ pub async fn start(gw: &Arc<Gateway>) -> anyhow::Result<Option<Running>> {
         .with_context(|| format!("sftp: binding {}", sftp.bind))?;
     tracing::info!(addr = %listener.local_addr()?, host_key = %fingerprint, "listening (sftp, read-only evidence for auditors)");
     let (stop, stopped) = watch::channel(false);
+    let reload = tokio::spawn(follow_reloads(Arc::clone(gw), server.auditors()));
     let server = tokio::spawn(server.run(listener, stopped));
     let exports = (sftp.export_every_seconds > 0).then(|| {
         let sched = gatehouse_sftp::ScheduledExports {
@@ -111,6 +113,7 @@ pub async fn start(gw: &Arc<Gateway>) -> anyhow::Result<Option<Running>> {
         stop,
         server,
         exports,
+        reload,
     }))
 }
 
@@ -120,8 +123,33 @@ impl Running {
         if let Some(e) = self.exports {
             e.abort();
         }
+        self.reload.abort();
         let _ = self.stop.send(true);
         let _ = self.server.await;
+    }
+}
+
+/// Puts the auditors of a reloaded configuration (SIGHUP) in force, so that removing an
+/// auditor or a key takes effect without a restart. The other `[sftp]` keys need a restart.
+async fn follow_reloads(gw: Arc<Gateway>, auditors: gatehouse_sftp::Auditors) {
+    let mut hash = gw.config.load().hash.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let loaded = gw.config.load();
+        if loaded.hash == hash {
+            continue;
+        }
+        hash = loaded.hash.clone();
+        match &loaded.config.sftp {
+            Some(sftp) => match auditors.replace(sftp) {
+                Ok(()) => tracing::info!(auditors = sftp.auditors.len(), "sftp: auditors reloaded"),
+                Err(e) => tracing::error!(error = %e, "sftp: reloaded auditors refused"),
+            },
+            None => tracing::warn!(
+                "sftp: [sftp] removed from the configuration; the server runs until restart"
+            ),
+        }
     }
 }
 

@@ -22,4 +22,4 @@ pub mod vfs;
 
 pub use config::{AuditorConfig, SftpConfig};
 pub use exports::ScheduledExports;
-pub use server::{ServerError, SftpServer};
+pub use server::{Auditors, ServerError, SftpServer};

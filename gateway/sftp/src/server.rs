@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use gatehouse_audit::{AuditStore, Decision, EventKind, Record};
 use russh::keys::{HashAlg, PrivateKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -35,6 +36,9 @@ const MAX_CHANNELS: usize = 4;
 /// cannot hold the session slots.
 const LOGIN_GRACE: Duration = Duration::from_secs(20);
 
+/// Replies buffered before they are written (one slice of a pipelined batch).
+const OUT_HIGH_WATER: usize = 1024 * 1024;
+
 /// How long shutdown waits for sessions to end after asking them to.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -42,7 +46,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 struct Shared {
     gateway: String,
     audit: AuditStore,
-    keys: HashMap<String, AuditorKey>,
+    /// Fingerprint → auditor; replaced on reload ([`Auditors::replace`]).
+    keys: ArcSwap<HashMap<String, AuditorKey>>,
     root: Arc<Root>,
     limits: SessionLimits,
 }
@@ -58,7 +63,7 @@ impl std::fmt::Debug for SftpServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SftpServer")
             .field("root", &self.shared.root)
-            .field("auditors", &self.shared.keys.len())
+            .field("auditors", &self.shared.keys.load().len())
             .finish()
     }
 }
@@ -103,7 +108,7 @@ impl SftpServer {
             shared: Arc::new(Shared {
                 gateway: gateway.to_owned(),
                 audit,
-                keys,
+                keys: ArcSwap::from_pointee(keys),
                 root,
                 limits: SessionLimits {
                     max_handles: cfg.max_handles,
@@ -113,6 +118,11 @@ impl SftpServer {
             ssh: Arc::new(ssh),
             max_sessions: cfg.max_sessions,
         })
+    }
+
+    /// A handle that replaces the auditors (on a configuration reload).
+    pub fn auditors(&self) -> Auditors {
+        Auditors(Arc::clone(&self.shared))
     }
 
     /// Accepts connections on `listener` until `shutdown` turns true, then asks every session
@@ -152,6 +162,26 @@ impl SftpServer {
         })
         .await;
         sessions.abort_all();
+    }
+}
+
+/// Replaces the auditor table of a running server: logins from then on use the new keys
+/// (sessions already open carry on).
+#[derive(Clone)]
+pub struct Auditors(Arc<Shared>);
+
+impl std::fmt::Debug for Auditors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auditors")
+    }
+}
+
+impl Auditors {
+    /// Validates `cfg` and puts its auditors in force.
+    pub fn replace(&self, cfg: &SftpConfig) -> Result<(), String> {
+        let keys = cfg.validate()?;
+        self.0.keys.store(Arc::new(keys));
+        Ok(())
     }
 }
 
@@ -400,7 +430,8 @@ impl russh::server::Handler for Conn {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
-        match self.ctx.shared.keys.get(&fp) {
+        let keys = self.ctx.shared.keys.load();
+        match keys.get(&fp) {
             Some(k) if k.auditor == user => Ok(Auth::Accept),
             Some(_) => {
                 self.login_failure(
@@ -424,7 +455,8 @@ impl russh::server::Handler for Conn {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let fp = key.public_key.fingerprint(HashAlg::Sha256).to_string();
-        let Some(k) = self.ctx.shared.keys.get(&fp).filter(|k| k.auditor == user) else {
+        let keys = self.ctx.shared.keys.load();
+        let Some(k) = keys.get(&fp).filter(|k| k.auditor == user) else {
             self.login_failure(user, format!("publickey {fp}: unknown key"))
                 .await;
             return Ok(Auth::reject());
@@ -695,33 +727,44 @@ where
         if packets.is_empty() {
             continue;
         }
-        let Some(mut s) = sftp.take() else { break };
-        // File-system work off the async runtime.
-        let done = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let mut events = Vec::new();
-            for p in packets {
-                match codec::parse_request(&p) {
-                    Ok(req) => s.handle(req, &mut out, &mut events),
-                    Err(m) => s.malformed(m, &mut out),
+        // Replies are written in slices of at most OUT_HIGH_WATER bytes: a read of many tiny
+        // pipelined requests cannot make the server buffer their large replies all at once.
+        let mut pending: std::collections::VecDeque<Vec<u8>> = packets.into();
+        while !pending.is_empty() {
+            let Some(mut s) = sftp.take() else {
+                break 'session;
+            };
+            // File-system work off the async runtime.
+            let done = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                let mut events = Vec::new();
+                while out.len() < OUT_HIGH_WATER {
+                    let Some(p) = pending.pop_front() else { break };
+                    match codec::parse_request(&p) {
+                        Ok(req) => s.handle(req, &mut out, &mut events),
+                        Err(m) => s.malformed(m, &mut out),
+                    }
+                }
+                (s, pending, out, events)
+            })
+            .await;
+            let Ok((s, rest, out, events)) = done else {
+                break 'session;
+            };
+            pending = rest;
+            bytes_out.store(s.bytes_served, Ordering::Relaxed);
+            sftp = Some(s);
+            // Write-ahead: this slice's records are committed before its replies are sent.
+            if !events.is_empty() {
+                let records = events.into_iter().map(|e| ctx.event_record(e)).collect();
+                if let Err(e) = ctx.shared.audit.append_batch(records).await {
+                    tracing::error!(error = %e, "sftp: audit store refused; session ends");
+                    break 'session;
                 }
             }
-            (s, out, events)
-        })
-        .await;
-        let Ok((s, out, events)) = done else { break };
-        let served_before = bytes_out.load(Ordering::Relaxed);
-        bytes_out.store(s.bytes_served.max(served_before), Ordering::Relaxed);
-        sftp = Some(s);
-        if !events.is_empty() {
-            let records = events.into_iter().map(|e| ctx.event_record(e)).collect();
-            if let Err(e) = ctx.shared.audit.append_batch(records).await {
-                tracing::error!(error = %e, "sftp: audit store refused; session ends");
-                break;
+            if stream.write_all(&out).await.is_err() {
+                break 'session;
             }
-        }
-        if stream.write_all(&out).await.is_err() {
-            break;
         }
     }
     if let Some(mut s) = sftp {
