@@ -165,6 +165,12 @@ def test_openssh_sftp_downloads_an_export_that_verifies(sgw, known_hosts, keys, 
     # The downloaded copy verifies offline against the gateway's signing key ...
     v = sgw.cli("audit", "verify-export", str(local), check=False)
     assert v.returncode == 0 and v.stdout.strip().endswith("OK"), v.stdout + v.stderr
+    # ... and on an auditor's machine, with no config at all, against the pinned signing key.
+    signer = json.loads(sgw.cli("board", "status", "--json").stdout)["signing_key"]
+    trusted = f"{signer['scheme']}:{signer['public_key']}"
+    v = subprocess.run([sgw.bin, "--config", str(tmp_path / "no-such.toml"), "audit", "verify-export",
+                        str(local), "--trusted-key", trusted], capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0 and v.stdout.strip().endswith("OK"), v.stdout + v.stderr
     # ... and a changed byte in it does not.
     bad = tmp_path / "tampered"
     shutil.copytree(local, bad)
