@@ -499,3 +499,25 @@ keys = ["{pub}"]
     assert "session.end" in kinds and kinds[-1] == "gateway.stop"
     assert kinds.index("session.end") < kinds.index("gateway.stop")
     assert gw.cli("audit", "verify").returncode == 0
+
+
+def test_config_check_refuses_bad_sftp_sections(sgw, keys, tmp_path):
+    base = sgw.config.read_text()
+    rsa = keygen(tmp_path / "rsa", "rsa", "old@laptop").with_suffix(".pub").read_text().strip()
+    cases = {
+        "max_sesions": base.replace("max_sessions =", "max_sesions =", 1),
+        "use ssh-ed25519 or ecdsa": base.replace(
+            'name = "dave"', f'name = "erin"\nkeys = ["{rsa}"]\n\n[[sftp.auditors]]\nname = "dave"', 1),
+        "not an OpenSSH public key": base.replace(
+            'name = "dave"', 'name = "erin"\nkeys = ["ssh-ed25519 nonsense"]\n\n[[sftp.auditors]]\nname = "dave"', 1),
+        "sftp.bind": base.replace(f"127.0.0.1:{sgw.sftp_port}", f"127.0.0.1:{sgw.port}", 1),
+    }
+    for expected, text in cases.items():
+        assert text != base, expected
+        cfg = tmp_path / "bad.toml"
+        cfg.write_text(text)
+        p = sgw.cli("config", "check", config=cfg, check=False)
+        assert p.returncode != 0 and expected in p.stderr, (expected, p.stderr)
+    cfg = tmp_path / "good.toml"
+    cfg.write_text(base)
+    assert sgw.cli("config", "check", config=cfg, check=False).returncode == 0
