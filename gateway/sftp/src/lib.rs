@@ -1,6 +1,7 @@
 //! `gatehouse-sftp`: the read-only SFTP server through which auditors pull evidence exports.
 //!
-//! - [`codec`]: a sans-IO SFTP v3 codec (requests in, replies out; bounded lengths).
+//! - [`codec`]: the sans-IO SFTP v3 codec (`gatehouse-sftp-codec`: requests in, replies out;
+//!   bounded lengths; fuzzed).
 //! - [`vfs`]: the virtual root over `data_dir/exports`; `..` above it, symlinks and hidden
 //!   names are refused.
 //! - [`session`]: one SFTP session's state machine (handles, reads, refusals, audit events).
@@ -12,7 +13,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod codec;
+pub use gatehouse_sftp_codec as codec;
 pub mod config;
 pub mod exports;
 pub mod hostkey;

@@ -1,4 +1,4 @@
-//! A sans-IO codec for the SFTP version 3 protocol (draft-ietf-secsh-filexfer-02), server
+//! `gatehouse-sftp-codec`: a sans-IO codec for the SFTP version 3 protocol (draft-ietf-secsh-filexfer-02), server
 //! side: requests in, replies out. No I/O, no tokio, never panics on input.
 //!
 //! A packet is `uint32 length || byte type || payload`. [`frame_len`] says whether a whole
@@ -9,6 +9,8 @@
 //! Only what a read-only server needs is decoded in full. Requests that would change
 //! something (write, remove, rename, setstat, mkdir, symlink, …) are decoded far enough to
 //! name the operation and its path, for the refusal and its audit record.
+
+#![forbid(unsafe_code)]
 
 use std::fmt;
 
@@ -590,6 +592,29 @@ pub fn encode_attrs(out: &mut Vec<u8>, id: u32, attrs: &Attrs) {
     });
 }
 
+/// Fuzzing entry points (one-line forwarders in `fuzz/`).
+pub mod fuzzing {
+    /// Frames and parses every packet in `data`; a parsed `Stat` path must re-encode to the
+    /// start of the same body.
+    pub fn requests(data: &[u8]) {
+        let mut rest = data;
+        while let Ok(Some(n)) = super::frame_len(rest) {
+            let body = &rest[4..n];
+            if let Ok(super::Request::Stat { id, path }) = super::parse_request(body) {
+                if body.first() == Some(&super::FXP_STAT) {
+                    let mut again = vec![super::FXP_STAT];
+                    super::put_u32(&mut again, id);
+                    super::put_bytes(&mut again, path.as_bytes());
+                    // Trailing bytes after the path are ignored, as OpenSSH's server does.
+                    assert_eq!(&again[..], &body[..again.len()], "STAT round trip");
+                }
+            }
+            rest = &rest[n..];
+        }
+        let _ = super::parse_request(data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -765,6 +790,26 @@ mod tests {
         let mut out = Vec::new();
         encode_version(&mut out);
         assert_eq!(out, vec![0, 0, 0, 5, FXP_VERSION, 0, 0, 0, 3]);
+    }
+
+    #[test]
+    fn fuzz_entry_accepts_the_seed_corpus() {
+        let dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
+            .join("fuzz/corpus/requests");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let data = std::fs::read(e.unwrap().path()).unwrap();
+            // Every seed is a sequence of whole, well-formed packets.
+            let mut rest = &data[..];
+            while let Some(len) = frame_len(rest).unwrap() {
+                assert!(parse_request(&rest[4..len]).is_ok());
+                rest = &rest[len..];
+            }
+            assert!(rest.is_empty());
+            fuzzing::requests(&data);
+            n += 1;
+        }
+        assert!(n >= 4);
     }
 
     proptest! {
