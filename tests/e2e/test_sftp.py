@@ -521,3 +521,45 @@ def test_config_check_refuses_bad_sftp_sections(sgw, keys, tmp_path):
     cfg = tmp_path / "good.toml"
     cfg.write_text(base)
     assert sgw.cli("config", "check", config=cfg, check=False).returncode == 0
+
+
+def test_host_key_sealed_by_the_tpm_survives_a_restart(gatehouse, keys, tmp_path):
+    """With the TPM key store (a real swtpm) the host key is sealed under a TPM-held key: the
+    gateway unseals the same key after a restart, and auditors log in against it."""
+    from test_tpm import Swtpm, _tpm_toml
+
+    if shutil.which("swtpm") is None:
+        pytest.fail("swtpm is not installed (scripts/test-all.sh installs it)")
+    tpm = Swtpm(tmp_path / "tpm-state")
+    tpm.start()
+    try:
+        port = free_port()
+        pub = keys["carol"].with_suffix(".pub").read_text().strip()
+        gw = gatehouse(pg_server=False, env={"TSS2_LOG": "all+none"}, extra_toml=_tpm_toml(tpm) + f"""
+[sftp]
+bind = "127.0.0.1:{port}"
+export_every_seconds = 0
+
+[[sftp.auditors]]
+name = "carol"
+keys = ["{pub}"]
+""")
+        gw.sftp_port = port
+        wait_port(port, 30, gw.proc, "gatehouse sftp")
+        assert json.loads(gw.cli("board", "status", "--json").stdout)["backend"] == "tpm2"
+        first = gw.cli("sftp", "host-key").stdout
+        kh = tmp_path / "known_hosts"
+        kh.write_text(gw.cli("sftp", "host-key", "--known-hosts", "127.0.0.1").stdout)
+        sealed = (gw.data_dir / "sftp" / "host_ed25519.sealed").read_bytes()
+        assert sealed.startswith(b"gatehouse-sealed-ssh-host-key/v1 ")
+        assert gw.stop() == 0
+        gw.start()
+        wait_port(port, 30, gw.proc, "gatehouse sftp")
+        assert gw.cli("sftp", "host-key").stdout == first
+        c = connect(gw, keys["carol"], "carol", kh)  # RejectPolicy: the pinned key must match
+        try:
+            assert c.open_sftp().listdir("/") == []
+        finally:
+            c.close()
+    finally:
+        tpm.stop()
