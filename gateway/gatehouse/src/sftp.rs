@@ -98,6 +98,7 @@ pub async fn start(gw: &Arc<Gateway>) -> anyhow::Result<Option<Running>> {
     let reload = tokio::spawn(follow_reloads(Arc::clone(gw), server.auditors()));
     let server = tokio::spawn(server.run(listener, stopped));
     let exports = (sftp.export_every_seconds > 0).then(|| {
+        let retention = Duration::from_secs(cfg.audit.retention_seconds);
         let sched = gatehouse_sftp::ScheduledExports {
             dir: cfg.exports_dir(),
             store: cfg.audit_path(),
@@ -107,6 +108,7 @@ pub async fn start(gw: &Arc<Gateway>) -> anyhow::Result<Option<Running>> {
         tokio::spawn(export_every(
             sched,
             Duration::from_secs(sftp.export_every_seconds),
+            retention,
         ))
     });
     Ok(Some(Running {
@@ -153,15 +155,33 @@ async fn follow_reloads(gw: Arc<Gateway>, auditors: gatehouse_sftp::Auditors) {
     }
 }
 
-/// Writes an export every `every` (the first at start), of the records since the last one.
-async fn export_every(sched: gatehouse_sftp::ScheduledExports, every: Duration) {
+/// Writes an export every `every` (the first at start), of the records since the last one,
+/// and deletes scheduled exports older than the audit retention period.
+async fn export_every(
+    sched: gatehouse_sftp::ScheduledExports,
+    every: Duration,
+    retention: Duration,
+) {
     sched.clean_partials();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let s = sched.clone();
-        let r = tokio::task::spawn_blocking(move || s.run_once(crate::state::now_us())).await;
+        let r = tokio::task::spawn_blocking(move || {
+            let now = crate::state::now_us();
+            let cutoff =
+                now.saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX));
+            let pruned = s.prune_before(cutoff);
+            if pruned > 0 {
+                tracing::info!(
+                    pruned,
+                    "sftp: scheduled exports older than the audit retention deleted"
+                );
+            }
+            s.run_once(now)
+        })
+        .await;
         match r {
             Ok(Ok(Some((dir, summary)))) => tracing::info!(
                 dir = %dir.display(),

@@ -72,6 +72,29 @@ impl ScheduledExports {
         }
     }
 
+    /// Deletes scheduled exports (`evidence-*` with a readable manifest) whose range ended
+    /// before `cutoff_us`: they follow the audit store's retention (AU-11), whose records they
+    /// copy. Other directories (operators' exports) are never touched. Returns how many went.
+    pub fn prune_before(&self, cutoff_us: i64) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.filter_map(Result::ok) {
+            if !e.file_name().to_string_lossy().starts_with(PREFIX) {
+                continue;
+            }
+            let ended = std::fs::read(e.path().join("manifest.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                .map(|m| m.summary.to_us);
+            if ended.is_some_and(|t| t < cutoff_us) && std::fs::remove_dir_all(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Exports the records in `[covered_until, now_us)`. `None` when there were none.
     /// Blocking: run it off the async runtime.
     pub fn run_once(&self, now_us: i64) -> Result<Option<(PathBuf, ExportSummary)>, EvidenceError> {
@@ -116,7 +139,55 @@ impl ScheduledExports {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use gatehouse_audit::{AuditStore, EventKind, Record, StoreOptions};
+    use gatehouse_board::SoftwareKeyStore;
+
+    fn catalog() -> PathBuf {
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
+            .join("../../../shared/oscal/NIST_SP-800-53_rev5_catalog.json")
+    }
+
+    /// Consecutive scheduled exports chain without gaps or overlaps, skip empty ranges, and
+    /// are pruned by their end time; other directories are left alone.
+    #[tokio::test]
+    async fn exports_chain_and_prune() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keys: Arc<dyn KeyStore> =
+            Arc::new(SoftwareKeyStore::open_or_create(&tmp.path().join("keys")).unwrap());
+        let store_path = tmp.path().join("audit.db");
+        let store =
+            AuditStore::open_with(&store_path, StoreOptions::default(), keys.clone()).unwrap();
+        for t in [1_000, 2_000, 3_000] {
+            store
+                .append(Record::new(EventKind::GatewayStart, "gw", t))
+                .await
+                .unwrap();
+        }
+        store.flush().await.unwrap();
+        let sched = ScheduledExports {
+            dir: tmp.path().join("exports"),
+            store: store_path,
+            catalog: catalog(),
+            keys,
+        };
+        std::fs::create_dir_all(sched.dir.join("manual")).unwrap();
+        let (a, s1) = sched.run_once(2_500).unwrap().unwrap();
+        assert_eq!((s1.from_us, s1.to_us, s1.records), (0, 2_500, 2));
+        assert!(
+            sched.run_once(2_800).unwrap().is_none(),
+            "no records in [2500, 2800)"
+        );
+        let (b, s2) = sched.run_once(4_000).unwrap().unwrap();
+        assert_eq!((s2.from_us, s2.to_us, s2.records), (2_500, 4_000, 1));
+        assert_ne!(a, b);
+        assert!(gatehouse_evidence::verify_export(&b, None).unwrap().is_ok());
+        assert_eq!(covered_until(&sched.dir), 4_000);
+        assert_eq!(sched.prune_before(3_000), 1);
+        assert!(!a.exists() && b.exists() && sched.dir.join("manual").exists());
+        store.shutdown().unwrap();
+    }
 
     #[test]
     fn names_sort_by_time() {
