@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import paramiko
@@ -61,6 +63,7 @@ bind = "127.0.0.1:{port}"
 export_every_seconds = 2
 max_sessions = {MAX_SESSIONS}
 max_handles = {MAX_HANDLES}
+login_grace_seconds = 3
 
 [[sftp.auditors]]
 name = "carol"
@@ -408,6 +411,26 @@ def test_removing_an_auditor_takes_effect_on_reload(sgw, known_hosts, keys):
         sgw.config.write_text(original)
         sgw.proc.send_signal(signal.SIGHUP)
     wait_for(dave_logs_in, timeout=15, what="dave back after the second reload")
+
+
+def test_connections_that_do_not_log_in_are_closed(sgw):
+    """A client that connects and never authenticates is disconnected after the login grace
+    time (3 s here), freeing its session slot."""
+    t = paramiko.Transport(("127.0.0.1", sgw.sftp_port))
+    try:
+        t.start_client(timeout=10)
+        assert t.is_active()
+        wait_for(lambda: not t.is_active(), timeout=15, what="the server to close the connection")
+    finally:
+        t.close()
+    with socket.create_connection(("127.0.0.1", sgw.sftp_port), timeout=5) as raw:
+        raw.settimeout(15)
+        banner = raw.recv(64)
+        assert banner.startswith(b"SSH-2.0-")
+        started = time.monotonic()
+        while raw.recv(4096):  # never send our banner; the server must hang up
+            pass
+        assert time.monotonic() - started < 12
 
 
 def test_sessions_are_bounded(sgw, known_hosts, keys):

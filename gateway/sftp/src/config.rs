@@ -27,6 +27,9 @@ pub struct SftpConfig {
     /// A connection idle this long is closed.
     #[serde(default = "default_idle_timeout_seconds")]
     pub idle_timeout_seconds: u64,
+    /// A connection that has not logged in after this long is closed.
+    #[serde(default = "default_login_grace_seconds")]
+    pub login_grace_seconds: u64,
     /// The gateway writes a new evidence export into `data_dir/exports/` this often (0: never;
     /// exports made with `gatehouse audit export --out data_dir/exports/NAME` are served too).
     #[serde(default = "default_export_every_seconds")]
@@ -54,6 +57,9 @@ fn default_max_read_bytes() -> u32 {
 }
 fn default_idle_timeout_seconds() -> u64 {
     600
+}
+fn default_login_grace_seconds() -> u64 {
+    20
 }
 fn default_export_every_seconds() -> u64 {
     3600
@@ -102,6 +108,9 @@ impl SftpConfig {
         }
         if !(1..=86_400).contains(&self.idle_timeout_seconds) {
             return Err("sftp.idle_timeout_seconds must be 1-86400".into());
+        }
+        if !(1..=600).contains(&self.login_grace_seconds) {
+            return Err("sftp.login_grace_seconds must be 1-600".into());
         }
         if self.export_every_seconds > 31 * 86_400 {
             return Err("sftp.export_every_seconds must be 0-2678400".into());

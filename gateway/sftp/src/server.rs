@@ -31,11 +31,6 @@ pub const LISTENER: &str = "sftp";
 /// Session channels one connection may open (over its life).
 const MAX_CHANNELS: usize = 4;
 
-/// An unauthenticated connection is closed after this long (OpenSSH's `LoginGraceTime` is
-/// 120 s; an auditor's client logs in within a second), so that connections that never log in
-/// cannot hold the session slots.
-const LOGIN_GRACE: Duration = Duration::from_secs(20);
-
 /// Replies buffered before they are written (one slice of a pipelined batch).
 const OUT_HIGH_WATER: usize = 1024 * 1024;
 
@@ -57,6 +52,10 @@ pub struct SftpServer {
     shared: Arc<Shared>,
     ssh: Arc<russh::server::Config>,
     max_sessions: usize,
+    /// An unauthenticated connection is closed after this long (`sftp.login_grace_seconds`;
+    /// OpenSSH's `LoginGraceTime` is 120 s, an auditor's client logs in within a second), so
+    /// that connections that never log in cannot hold the session slots.
+    login_grace: Duration,
 }
 
 impl std::fmt::Debug for SftpServer {
@@ -117,6 +116,7 @@ impl SftpServer {
             }),
             ssh: Arc::new(ssh),
             max_sessions: cfg.max_sessions,
+            login_grace: Duration::from_secs(cfg.login_grace_seconds),
         })
     }
 
@@ -143,8 +143,9 @@ impl SftpServer {
                         let shared = Arc::clone(&self.shared);
                         let ssh = Arc::clone(&self.ssh);
                         let stop = shutdown.clone();
+                        let grace = self.login_grace;
                         sessions.spawn(async move {
-                            connection(shared, ssh, tcp, peer, stop).await;
+                            connection(shared, ssh, tcp, peer, grace, stop).await;
                             drop(permit);
                         });
                     }
@@ -282,6 +283,7 @@ async fn connection(
     ssh: Arc<russh::server::Config>,
     tcp: TcpStream,
     peer: SocketAddr,
+    login_grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ctx = Ctx {
@@ -300,15 +302,23 @@ async fn connection(
         sftp_started: false,
         bytes_out: Arc::new(AtomicU64::new(0)),
     };
-    let mut running = match russh::server::run_stream(ssh, tcp, handler).await {
-        Ok(r) => r,
-        Err(e) => {
+    // The grace time runs from the accept: `run_stream` itself waits for the client's
+    // identification string, which a client may never send.
+    let deadline = tokio::time::Instant::now() + login_grace;
+    let started = tokio::time::timeout_at(deadline, russh::server::run_stream(ssh, tcp, handler));
+    let mut running = match started.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "sftp: handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "sftp: no SSH identification within the grace time; closed");
             return;
         }
     };
     let handle = running.handle();
-    let grace = tokio::time::sleep(LOGIN_GRACE);
+    let grace = tokio::time::sleep_until(deadline);
     tokio::pin!(grace);
     let mut grace_over = false;
     loop {
