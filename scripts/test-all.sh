@@ -96,6 +96,8 @@ install_system_packages() {
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v jq >/dev/null 2>&1 || missing+=(jq)
+  # OpenSSH's sftp/ssh/ssh-keygen/ssh-keyscan: the real clients of the SFTP server tests.
+  command -v sftp >/dev/null 2>&1 && command -v ssh-keyscan >/dev/null 2>&1 || missing+=(openssh-client)
   # TPM 2.0: swtpm for the key-store tests, libtss2 for tss-esapi.
   command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
   command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
@@ -202,24 +204,27 @@ fuzz_smoke() {
   if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz || return 1
   fi
-  local dir="$ROOT/gateway/pgwire"
-  local secs="${GATEHOUSE_FUZZ_SECONDS:-10}" t work
+  local secs="${GATEHOUSE_FUZZ_SECONDS:-10}" t work dir spec
   export RUSTC_BOOTSTRAP=1
   local ftarget="$GATEHOUSE_CACHE/fuzz-target"
-  (cd "$dir" && CARGO_TARGET_DIR="$ftarget" cargo fuzz build -O) || return 1
-  for t in startup frontend backend; do
-    work="$(mktemp -d)"
-    cp "$dir/fuzz/corpus/$t/"* "$work/"
-    echo "fuzz $t for ${secs}s"
-    (cd "$dir" && CARGO_TARGET_DIR="$ftarget" cargo fuzz run -O "$t" "$work" -- \
-        -max_total_time="$secs" -print_final_stats=1 2>&1 | grep -E 'Done|ERROR|panicked|SUMMARY|stat::number_of_executed_units') \
-      || { rm -rf "$work"; return 1; }
-    # A crash leaves an artifact and a non-zero exit; grep above only filters the output.
-    if ls "$dir/fuzz/artifacts/$t/" 2>/dev/null | grep -q .; then
-      echo "fuzz $t: crash artifacts in $dir/fuzz/artifacts/$t" >&2
-      rm -rf "$work"; return 1
-    fi
-    rm -rf "$work"
+  # crate dir : its fuzz targets
+  for spec in "gateway/pgwire:startup frontend backend" "gateway/sftp/codec:requests"; do
+    dir="$ROOT/${spec%%:*}"
+    (cd "$dir" && CARGO_TARGET_DIR="$ftarget" cargo fuzz build -O) || return 1
+    for t in ${spec#*:}; do
+      work="$(mktemp -d)"
+      cp "$dir/fuzz/corpus/$t/"* "$work/"
+      echo "fuzz $t for ${secs}s"
+      (cd "$dir" && CARGO_TARGET_DIR="$ftarget" cargo fuzz run -O "$t" "$work" -- \
+          -max_total_time="$secs" -print_final_stats=1 2>&1 | grep -E 'Done|ERROR|panicked|SUMMARY|stat::number_of_executed_units') \
+        || { rm -rf "$work"; return 1; }
+      # A crash leaves an artifact and a non-zero exit; grep above only filters the output.
+      if ls "$dir/fuzz/artifacts/$t/" 2>/dev/null | grep -q .; then
+        echo "fuzz $t: crash artifacts in $dir/fuzz/artifacts/$t" >&2
+        rm -rf "$work"; return 1
+      fi
+      rm -rf "$work"
+    done
   done
 }
 
@@ -260,7 +265,7 @@ run_section "cargo build" cargo_build || BUILD_OK=0
 if [ "$E2E_ONLY" -eq 0 ]; then
   if [ "$BUILD_OK" -eq 1 ]; then
     run_section "cargo test" cargo_tests
-    run_section "fuzz: pgwire targets (short)" fuzz_smoke
+    run_section "fuzz: pgwire and sftp codec targets (short)" fuzz_smoke
   else
     skip_section "cargo test" "build failed"
   fi

@@ -65,6 +65,17 @@ pub enum EventKind {
     /// A grant ended: expired or revoked.
     #[serde(rename = "grant.ended")]
     GrantEnded,
+    /// An auditor opened an evidence file over SFTP (`statement`: `open <path>`, `rows`: size
+    /// in bytes). Recorded before the file handle is returned.
+    #[serde(rename = "sftp.open")]
+    SftpOpen,
+    /// An auditor closed an evidence file over SFTP (`bytes_out`: bytes sent, `duration_us`).
+    #[serde(rename = "sftp.download")]
+    SftpDownload,
+    /// An SFTP/SSH operation was refused: a write, remove, rename, path escape, symlink, shell,
+    /// exec, forwarding (`statement`: operation and target, `reason`: why).
+    #[serde(rename = "sftp.denied")]
+    SftpDenied,
     /// Part of a session recording: the bytes the client received (after masking), in
     /// `payload`; `ref_seq` = the newest statement of the session, `duration_us` = offset
     /// from the session start; `reason` notes a truncation.
@@ -74,7 +85,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every variant, in declaration order.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::GatewayStart,
         EventKind::GatewayStop,
         EventKind::ConfigLoaded,
@@ -92,6 +103,9 @@ impl EventKind {
         EventKind::ApprovalExecuted,
         EventKind::GrantIssued,
         EventKind::GrantEnded,
+        EventKind::SftpOpen,
+        EventKind::SftpDownload,
+        EventKind::SftpDenied,
         EventKind::SessionOutput,
     ];
 
@@ -115,6 +129,9 @@ impl EventKind {
             EventKind::ApprovalExecuted => "approval.executed",
             EventKind::GrantIssued => "grant.issued",
             EventKind::GrantEnded => "grant.ended",
+            EventKind::SftpOpen => "sftp.open",
+            EventKind::SftpDownload => "sftp.download",
+            EventKind::SftpDenied => "sftp.denied",
             EventKind::SessionOutput => "session.output",
         }
     }

@@ -72,8 +72,8 @@ fn collect(node: &Value, out: &mut HashMap<String, String>) {
 
 /// Every control an export reports on, in report order.
 pub const CONTROLS: &[&str] = &[
-    "ac-2", "ac-3", "ac-6", "au-2", "au-3", "au-3.1", "au-8", "au-9", "au-10", "au-11", "au-12",
-    "cm-2", "ia-2", "ir-4", "sc-8", "sc-28", "si-4",
+    "ac-2", "ac-3", "ac-6", "au-2", "au-3", "au-3.1", "au-6", "au-8", "au-9", "au-9.4", "au-10",
+    "au-11", "au-12", "cm-2", "ia-2", "ir-4", "sc-8", "sc-28", "si-4",
 ];
 
 /// Controls that the store as a whole evidences (protection, non-repudiation, retention,
@@ -88,7 +88,11 @@ pub const STORE_CONTROLS: &[&str] = &["au-9", "au-10", "au-11", "sc-28"];
 /// additional content (AU-3(1)) relayed over TLS (SC-8); a denied statement is also least
 /// privilege (AC-6) and an incident-handling input (IR-4), as is a failed login; a loaded
 /// configuration is the baseline configuration (CM-2); a vaulted credential masked in a
-/// response is system monitoring (SI-4) and an incident-handling input (IR-4).
+/// response is system monitoring (SI-4) and an incident-handling input (IR-4). An auditor
+/// opening or downloading evidence over SFTP is audit record review (AU-6) by the subset of
+/// users allowed to read audit information (AU-9(4)), access enforced (AC-3, AU-9(4) for a
+/// file opened); a refused SFTP operation (a write, a path escape, a shell) is access
+/// enforcement (AC-3) protecting audit information (AU-9) and an incident input (IR-4).
 pub fn controls_for(r: &Record) -> Vec<&'static str> {
     let mut c = vec!["au-2", "au-3", "au-8", "au-12"];
     let denied = r.decision == Some(Decision::Deny);
@@ -118,6 +122,9 @@ pub fn controls_for(r: &Record) -> Vec<&'static str> {
         | EventKind::ApprovalExecuted
         | EventKind::GrantIssued
         | EventKind::GrantEnded => c.extend(["ac-3", "ac-6"]),
+        EventKind::SftpOpen => c.extend(["ac-3", "au-6", "au-9.4"]),
+        EventKind::SftpDownload => c.extend(["au-6", "au-9.4"]),
+        EventKind::SftpDenied => c.extend(["ac-3", "au-9", "au-9.4", "ir-4"]),
         EventKind::GatewayStart | EventKind::GatewayStop | EventKind::Cancel => {}
     }
     if denied && r.event != EventKind::Statement && !c.contains(&"ac-3") {

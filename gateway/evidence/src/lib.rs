@@ -345,6 +345,9 @@ pub fn export(
         }
         let mut ids = controls_for(&r.record);
         ids.extend(STORE_CONTROLS.iter().copied());
+        // A record may name a store-level control itself (a refused SFTP write: AU-9).
+        ids.sort_unstable();
+        ids.dedup();
         for id in ids {
             let c = summary.controls.entry(id.to_owned()).or_default();
             c.records += 1;

@@ -209,7 +209,7 @@ pub fn document(
                 "resources": [{
                     "uuid": plan_uuid,
                     "title": "Gatehouse continuous assessment plan",
-                    "description": "Every audit record is mapped to the NIST SP 800-53 Rev 5 controls it evidences (login: IA-2, AC-2; statement: AC-3, AU-2, AU-3, AU-3(1), AU-12, SC-8; denied statement: AC-6, IR-4; configuration: CM-2); the store's integrity (AU-9, AU-10), retention (AU-11) and encryption (SC-28) are assessed by offline verification."
+                    "description": "Every audit record is mapped to the NIST SP 800-53 Rev 5 controls it evidences (login: IA-2, AC-2; statement: AC-3, AU-2, AU-3, AU-3(1), AU-12, SC-8; denied statement: AC-6, IR-4; configuration: CM-2; evidence read by auditors over SFTP: AU-6, AU-9(4), AC-3; a refused SFTP operation: AC-3, AU-9, AU-9(4), IR-4); the store's integrity (AU-9, AU-10), retention (AU-11) and encryption (SC-28) are assessed by offline verification."
                 }]
             }
         }

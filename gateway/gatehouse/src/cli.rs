@@ -376,6 +376,14 @@ pub(crate) fn audit_reader(cfg: &crate::config::Config) -> anyhow::Result<AuditR
 }
 
 pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
+    // An auditor checks a downloaded export with the signer's key alone: no config needed.
+    if let AuditCommand::VerifyExport {
+        dir,
+        trusted_key: Some(t),
+    } = &cmd
+    {
+        return verify_export(dir, t);
+    }
     let loaded = LoadedConfig::load(config)?;
     let cfg = &loaded.config;
     match cmd {
@@ -497,32 +505,42 @@ pub fn audit(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--trusted-key must be scheme:hex"))?,
                 None => gatehouse_audit::PublicKey::of(state::open_keys(cfg)?.as_ref())?,
             };
-            let check = gatehouse_evidence::verify_export(&dir, Some(&trusted))?;
-            for p in &check.problems {
-                println!("PROBLEM: {p:?}");
-            }
-            if let Some(m) = &check.manifest {
-                println!(
-                    "{} records (seq {}..{}), {} files, store verification {}, key store {}",
-                    m.summary.records,
-                    m.summary.first_seq,
-                    m.summary.last_seq,
-                    m.files.len(),
-                    if m.summary.verification_ok {
-                        "passed"
-                    } else {
-                        "FAILED"
-                    },
-                    m.summary.key_store
-                );
-            }
-            println!("{}", if check.is_ok() { "OK" } else { "FAILED" });
-            if !check.is_ok() {
-                std::process::exit(1);
-            }
-            Ok(())
+            verify_export_with(&dir, &trusted)
         }
     }
+}
+
+fn verify_export(dir: &Path, trusted_key: &str) -> anyhow::Result<()> {
+    let trusted = gatehouse_audit::PublicKey::from_text(trusted_key.trim())
+        .ok_or_else(|| anyhow::anyhow!("--trusted-key must be scheme:hex"))?;
+    verify_export_with(dir, &trusted)
+}
+
+fn verify_export_with(dir: &Path, trusted: &gatehouse_audit::PublicKey) -> anyhow::Result<()> {
+    let check = gatehouse_evidence::verify_export(dir, Some(trusted))?;
+    for p in &check.problems {
+        println!("PROBLEM: {p:?}");
+    }
+    if let Some(m) = &check.manifest {
+        println!(
+            "{} records (seq {}..{}), {} files, store verification {}, key store {}",
+            m.summary.records,
+            m.summary.first_seq,
+            m.summary.last_seq,
+            m.files.len(),
+            if m.summary.verification_ok {
+                "passed"
+            } else {
+                "FAILED"
+            },
+            m.summary.key_store
+        );
+    }
+    println!("{}", if check.is_ok() { "OK" } else { "FAILED" });
+    if !check.is_ok() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn audit_export(

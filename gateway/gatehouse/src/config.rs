@@ -46,6 +46,8 @@ pub struct Config {
     pub masking_profiles: Vec<MaskingProfile>,
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// The read-only SFTP server for auditors (`gatehouse-sftp`). Absent: not started.
+    pub sftp: Option<gatehouse_sftp::SftpConfig>,
 }
 
 /// Just-in-time approvals.
@@ -549,6 +551,12 @@ impl Config {
                 .validate()
                 .map_err(|e| format!("masking_profiles {:?}: {e}", p.name))?;
         }
+        if let Some(sftp) = &self.sftp {
+            sftp.validate()?;
+            if self.listeners.iter().any(|l| l.bind == sftp.bind) {
+                return Err("sftp.bind: a listener binds the same address".into());
+            }
+        }
         if self.key_store.tcti.is_empty() {
             return Err("key_store.tcti is empty".into());
         }
@@ -601,6 +609,11 @@ impl Config {
             KeyStoreBackend::Software => self.gateway.data_dir.join("keys"),
             KeyStoreBackend::Tpm => self.gateway.data_dir.join("tpm"),
         }
+    }
+
+    /// The directory the SFTP server serves and scheduled exports are written to.
+    pub fn exports_dir(&self) -> PathBuf {
+        self.gateway.data_dir.join("exports")
     }
 
     pub fn dev_issuer_dir(&self) -> PathBuf {

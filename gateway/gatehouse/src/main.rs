@@ -10,6 +10,7 @@ mod demo;
 mod pg;
 mod serve;
 mod sessions;
+mod sftp;
 mod state;
 mod tls;
 mod webhook;
@@ -60,6 +61,9 @@ enum Command {
     /// Just-in-time approvals: list, approve, deny.
     #[command(subcommand)]
     Approvals(cli::ApprovalsCommand),
+    /// The read-only SFTP server for auditors: its host key.
+    #[command(subcommand)]
+    Sftp(sftp::SftpCommand),
     /// Is the gateway running, which key store, audit durability and checkpoint coverage.
     Status {
         #[arg(long)]
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Status { json } => cli::status(&cli.config, json),
         Command::Approvals(cmd) => cli::approvals(&cli.config, cmd),
         Command::Sessions(cmd) => sessions::main(&cli.config, cmd),
+        Command::Sftp(cmd) => sftp::command(&cli.config, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

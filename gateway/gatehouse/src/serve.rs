@@ -120,6 +120,7 @@ pub async fn run(
     listeners: Vec<(TcpListener, Arc<ListenerCtx>)>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let sftp = crate::sftp::start(&gw).await?;
     let hash = gw.config.load().hash.clone();
     let mut start = gw.record(EventKind::GatewayStart);
     start.config_hash = Some(hash.clone());
@@ -176,6 +177,9 @@ pub async fn run(
     on_demand.abort();
     retention.abort();
     approvals.abort();
+    if let Some(sftp) = sftp {
+        sftp.stop().await;
+    }
     let stop = gw.record(EventKind::GatewayStop);
     if let Err(e) = gw.audit.append(stop).await {
         tracing::error!(error = %e, "could not record the stop");
