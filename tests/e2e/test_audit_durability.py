@@ -204,8 +204,11 @@ def test_disk_full_fails_closed_and_recovers(small_disk, pg, oidc):
         assert "audit" in gw.log_text() and "failed" in gw.log_text()
         # Space back: the store recovers without a restart, and nothing was lost.
         filler.unlink()
-        with gw.connect("full-user", token, autocommit=True) as c:
-            c.execute(f"INSERT INTO {table} VALUES ('after')")
+        try:
+            with gw.connect("full-user", token, autocommit=True) as c:
+                c.execute(f"INSERT INTO {table} VALUES ('after')")
+        except psycopg.Error as e:
+            raise AssertionError(f"no recovery: {e}\n--- log ---\n{gw.log_text()[-4000:]}") from e
         assert gw.stop() == 0
         v = _verify(gw)
         assert v["_rc"] == 0 and v["ok"], v

@@ -542,7 +542,7 @@ impl AuditStore {
     /// (plus, in strict mode, awaiting the fsync).
     pub async fn append(&self, record: Record) -> Result<Seq, AuditError> {
         self.backpressure().await;
-        let seq = self.journal(std::slice::from_ref(&record))?;
+        let seq = self.journal_retrying(std::slice::from_ref(&record)).await?;
         self.durable().await?;
         Ok(seq)
     }
@@ -551,7 +551,7 @@ impl AuditStore {
     /// numbers are consecutive, in input order.
     pub async fn append_batch(&self, records: Vec<Record>) -> Result<Vec<Seq>, AuditError> {
         self.backpressure().await;
-        let first = self.journal(&records)?;
+        let first = self.journal_retrying(&records).await?;
         self.durable().await?;
         let n = Seq::try_from(records.len()).unwrap_or(Seq::MAX);
         Ok((first..first + n).collect())
@@ -598,6 +598,32 @@ impl AuditStore {
 
     fn send(&self, msg: Msg) -> Result<(), AuditError> {
         self.inner.tx.send(msg).map_err(|_| AuditError::WriterGone)
+    }
+
+    /// [`AuditStore::journal`]; when it is refused because ingestion is failing, asks the
+    /// writer to retry ingestion at once and tries again after that attempt (so a store whose
+    /// disk has room again accepts the next statement instead of the one after the retry).
+    async fn journal_retrying(&self, records: &[Record]) -> Result<Seq, AuditError> {
+        let first = self.journal(records);
+        if first.is_ok() {
+            return first;
+        }
+        let shared = &self.inner.shared;
+        let notified = shared.drained.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let failing = {
+            let log = shared.log();
+            log.ingest_error.is_some() && !log.stopped
+        };
+        if !failing {
+            return first;
+        }
+        if self.inner.tx.send(Msg::Wake { now: true }).is_err() {
+            return first;
+        }
+        notified.await;
+        self.journal(records)
     }
 
     /// One journal append on the calling thread.
