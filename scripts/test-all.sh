@@ -276,6 +276,15 @@ image_build() {
   GATEHOUSE_RELEASE_BIN="$CARGO_TARGET_DIR/release/gatehouse" image/build.sh
 }
 
+yocto_lint() {
+  python3 yocto/update-crates.py --check || return 1
+  local files
+  mapfile -t files < <(find yocto/meta-gatehouse -name '*.bb' -o -name '*.bbappend' -o -name '*.conf' -o -name '*.inc' | sort)
+  # homepageping needs the network; info-level findings are suggestions. Any other finding fails.
+  "$VENV/bin/oelint-adv" --quiet --release scarthgap --hide info --suppress oelint.vars.homepageping "${files[@]}" \
+    && echo "oelint-adv: ${#files[@]} files, no findings"
+}
+
 image_boot() {
   export PG_BIN
   PG_BIN="$(pg_bindir)"
@@ -313,6 +322,11 @@ else
 fi
 
 if [ "$E2E_ONLY" -eq 0 ]; then
+  if [ "$SETUP_OK" -eq 1 ]; then
+    run_section "yocto: oelint-adv meta-gatehouse, crates in step with Cargo.lock" yocto_lint
+  else
+    skip_section "yocto: oelint-adv meta-gatehouse, crates in step with Cargo.lock" "setup failed"
+  fi
   if [ "$SETUP_OK" -eq 1 ] && run_section "release binary: hardening (PIE, RELRO, NX, canary, no RPATH)" release_hardening \
      && run_section "image: build (image/build.sh, cached)" image_build; then
     run_section "image: boot test under QEMU + swtpm (tests/image)" image_boot
