@@ -133,7 +133,9 @@ systemctl enable gatehouse.service gatehouse-data.service gatehouse-console.serv
 systemctl mask getty@.service serial-getty@.service console-getty.service \
   getty.target systemd-networkd-wait-online.service e2scrub_all.timer e2scrub_reap.service \
   fstrim.timer apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
-  systemd-timesyncd.service systemd-pstore.service >/dev/null 2>&1
+  systemd-timesyncd.service systemd-pstore.service systemd-update-utmp.service \
+  systemd-update-utmp-runlevel.service systemd-random-seed.service systemd-journal-flush.service \
+  ldconfig.service systemd-tmpfiles-clean.timer >/dev/null 2>&1
 update-initramfs -c -k "$KVER" >/dev/null
 EOF
 umount "$STAGE/proc"

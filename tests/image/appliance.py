@@ -100,6 +100,7 @@ def make_tls(dirpath: Path) -> tuple[Path, Path, Path]:
 def make_seed(path: Path, *, issuer: str, ca_pem: Path, pg_port: int, password: str) -> None:
     config = f"""[gateway]
 name = "gh-appliance-test"
+watchdog = true
 data_dir = "/var/lib/gatehouse"
 
 [[listeners]]
@@ -267,10 +268,9 @@ class Vm:
                 "-kernel", str(out / "vmlinuz"), "-initrd", str(out / "initrd.img"), "-append", cmdline,
                 "-drive", f"file={self.disk},if=none,id=disk0,format=raw,cache=unsafe",
                 "-device", "virtio-blk-pci,drive=disk0,serial=gh-disk",
-                "-netdev", f"user,id=n0,{hostfwd}", "-device", "virtio-net-pci,netdev=n0",
+                "-netdev", f"user,id=n0,{hostfwd}", "-device", "virtio-net-pci,netdev=n0,romfile=",
                 "-serial", f"file:{self.console_log}",
-                "-monitor", f"unix:{self.monitor},server=on,wait=off",
-                "-device", "i6300esb"]
+                "-monitor", f"unix:{self.monitor},server=on,wait=off"]
         if self.seed is not None:
             args += ["-drive", f"file={self.seed},if=none,id=seed,format=raw,readonly=on",
                      "-device", "virtio-blk-pci,drive=seed,serial=gh-seed"]

@@ -135,6 +135,8 @@ def test_console_prints_connection_information(booted, image):
     assert any(f"port={GUEST_PG_PORT}" in line for line in console_values(console, "GATEHOUSE-POSTGRES"))
     assert re.fullmatch(r"[0-9a-f]{64}", console_values(console, "GATEHOUSE-TLS-SHA256")[0])
     assert console_values(console, "GATEHOUSE-KEYSTORE") == ["tpm"]
+    # The board's watchdog is armed: the gateway opened it and pets it.
+    assert console_values(console, "GATEHOUSE-WATCHDOG") == ["Software Watchdog active"], console[-3000:]
     # The recovery key of the data volume is shown once, on the first boot.
     assert "DATA VOLUME RECOVERY KEY" in console
     # Nothing the gateway vaults reaches the console.
