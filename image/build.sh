@@ -155,7 +155,7 @@ rm -rf "$STAGE"/boot/* "$STAGE"/etc/apt "$STAGE"/var/lib/apt "$STAGE"/var/cache/
   "$STAGE"/usr/sbin/debootstrap
 # Modules only for what a board can have: drop sound, graphics, wireless, infiniband …
 for d in sound drivers/gpu drivers/media drivers/net/wireless drivers/infiniband drivers/staging \
-         drivers/bluetooth net/bluetooth net/wireless net/mac80211 drivers/isdn; do
+         drivers/bluetooth net/bluetooth net/wireless net/mac80211 drivers/isdn arch/x86/kvm; do
   rm -rf "$STAGE/lib/modules/$KVER/kernel/$d"
 done
 chroot "$STAGE" /sbin/depmod "$KVER"
