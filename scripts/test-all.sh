@@ -160,8 +160,13 @@ install_qemu() {
   if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
     extra=(--allow-downgrades qemu-utils/bookworm)
   fi
-  apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef \
-    -o Dpkg::Options::=--force-confold qemu-system-x86 "${extra[@]}" </dev/null
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "not root: install qemu-system-x86 first" >&2
+    return 1
+  fi
+  apt-get update -qq </dev/null && \
+    apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef \
+      -o Dpkg::Options::=--force-confold qemu-system-x86 "${extra[@]}" </dev/null
 }
 
 # ---------------------------------------------------------------------------------------

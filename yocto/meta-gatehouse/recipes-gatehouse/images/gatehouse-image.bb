@@ -9,8 +9,8 @@ inherit core-image
 # Nothing beyond what the appliance needs: no package management, no debug tweaks, no SSH.
 IMAGE_FEATURES = "read-only-rootfs"
 IMAGE_LINGUAS = ""
-IMAGE_INSTALL = "packagegroup-core-boot gatehouse nftables cryptsetup tpm2-tss \
-    kernel-module-dm-verity kernel-module-dm-crypt"
+# dm-verity, dm-crypt, erofs and the TPM drivers are built into the kernel (recipes-kernel).
+IMAGE_INSTALL = "packagegroup-core-boot gatehouse nftables cryptsetup libtss2 libtss2-tcti-device"
 # No getty on the serial console: it shows first-boot information only.
 SERIAL_CONSOLES = ""
 ROOTFS_POSTPROCESS_COMMAND += "gatehouse_lockdown;"
