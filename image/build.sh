@@ -77,9 +77,10 @@ else
   work="$CACHE/work/base"
   rm -rf "$work" && mkdir -p "$work"
   echo "debootstrap --variant=minbase ($PKGS); progress follows"
+  # One line per phase and every 25th package, not debootstrap's ~600 lines.
   debootstrap --variant=minbase --include="$PKGS" "$SUITE" "$work" "$MIRROR" \
-    | grep --line-buffered -E '^I: (Retriev|Validat|Extract|Install|Configur|Unpack|Base system)' \
-    | awk '{ n++; if ($2 != last || n % 25 == 0) { print; fflush(); last = $2 } }'
+    | grep --line-buffered -E '^I: (Retriev|Extract|Install|Configur|Unpack|Base system)' \
+    | awk '{ n[$2]++; if (n[$2] == 1 || n[$2] % 25 == 0) { printf "  %s (%d)\n", $0, n[$2]; fflush() } }'
   [ "${PIPESTATUS[0]}" -eq 0 ] || die "debootstrap failed (see $work/debootstrap/debootstrap.log)"
   chroot "$work" apt-get clean
   rm -rf "$work"/var/lib/apt/lists/*
@@ -152,7 +153,7 @@ rm -rf "$STAGE"/boot/* "$STAGE"/etc/apt "$STAGE"/var/lib/apt "$STAGE"/var/cache/
   "$STAGE"/etc/initramfs-tools \
   "$STAGE"/usr/share/doc "$STAGE"/usr/share/man "$STAGE"/usr/share/info "$STAGE"/usr/share/locale \
   "$STAGE"/usr/share/lintian "$STAGE"/var/log/* "$STAGE"/var/cache/debconf "$STAGE"/usr/bin/su \
-  "$STAGE"/usr/sbin/debootstrap
+  "$STAGE"/usr/sbin/debootstrap "$STAGE"/usr/bin/login
 # Modules only for what a board can have: drop sound, graphics, wireless, infiniband …
 for d in sound drivers/gpu drivers/media drivers/net/wireless drivers/infiniband drivers/staging \
          drivers/bluetooth net/bluetooth net/wireless net/mac80211 drivers/isdn arch/x86/kvm; do
@@ -160,7 +161,7 @@ for d in sound drivers/gpu drivers/media drivers/net/wireless drivers/infiniband
 done
 chroot "$STAGE" /sbin/depmod "$KVER"
 # Nothing may remain that compiles or installs code.
-for forbidden in gcc cc c++ ld as make apt apt-get dpkg perl python3 sshd ssh busybox su sudo; do
+for forbidden in gcc cc c++ ld as make apt apt-get dpkg perl python3 sshd ssh busybox su sudo login; do
   if chroot "$STAGE" /bin/sh -c "command -v $forbidden" >/dev/null 2>&1; then
     die "forbidden program in the root: $forbidden"
   fi
