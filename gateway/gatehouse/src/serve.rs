@@ -202,7 +202,8 @@ async fn pet_watchdog(enabled: bool, mut stop: tokio::sync::oneshot::Receiver<()
     let mut wd = match Watchdog::open(&path) {
         Ok(wd) => wd,
         Err(e) => {
-            return tracing::warn!(device = %path.display(), error = %e, "cannot open the watchdog")
+            tracing::warn!(device = %path.display(), error = %e, "cannot open the watchdog");
+            return;
         }
     };
     let identity = watchdog::identity_under(std::path::Path::new("/")).unwrap_or_default();
