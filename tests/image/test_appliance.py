@@ -174,10 +174,41 @@ def test_only_the_gateway_port_answers(booted):
     assert sorted(exposed) in ([f"tcp 0.0.0.0:{GUEST_PG_PORT}"], [f"tcp6 :::{GUEST_PG_PORT}"]), exposed
 
 
+def data_luks_header(disk: Path, out: Path) -> Path:
+    """The first 16 MiB (the LUKS2 header area) of the gh-data partition, as a file: the host
+    has no device-mapper, but cryptsetup reads headers and tests keys on plain files."""
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], check=True, capture_output=True,
+                                      text=True).stdout)["partitiontable"]
+    part = next(p for p in table["partitions"] if p.get("name") == "gh-data")
+    with open(disk, "rb") as src, open(out, "wb") as dst:
+        src.seek(part["start"] * table.get("sectorsize", 512))
+        dst.write(src.read(16 << 20))
+    return out
+
+
+def recovery_key(console: str) -> str:
+    lines = [line.strip() for line in console.splitlines()]
+    i = next(i for i, line in enumerate(lines) if "DATA VOLUME RECOVERY KEY" in line)
+    return lines[i + 1]
+
+
 def test_reboot_unlocks_the_data_volume_with_the_tpm(booted, work, oidc):
     vm, tpm, first_console = booted
     first_fpr = console_values(first_console, "GATEHOUSE-TLS-SHA256")[0]
     assert vm.shutdown(), "the appliance did not power down cleanly"
+    # The data partition is LUKS2 with exactly two ways in: the TPM token and the recovery key
+    # printed at first boot (the one-time format key is gone).
+    header = data_luks_header(vm.disk, work / "gh-data.luks")
+    meta = json.loads(subprocess.run(["cryptsetup", "luksDump", "--dump-json-metadata", str(header)],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert sorted(t["type"] for t in meta["tokens"].values()) == ["systemd-recovery", "systemd-tpm2"]
+    assert sorted(meta["keyslots"]) == ["1", "2"], meta["keyslots"].keys()  # slot 0 (one-time key) removed
+    key = recovery_key(first_console)
+    assert re.fullmatch(r"([a-z]{8}-){7}[a-z]{8}", key), key
+    for candidate, ok in ((key, True), (key[:-1] + ("a" if key[-1] != "a" else "b"), False)):
+        p = subprocess.run(["cryptsetup", "open", "--test-passphrase", "--key-file=-", str(header)],
+                           input=candidate.encode(), capture_output=True, timeout=120)
+        assert (p.returncode == 0) == ok, p.stderr
     tpm.stop()
     tpm.start()
     second = Vm(work, vm.disk, tpm, seed=None, guest_ports=[GUEST_PG_PORT])
