@@ -106,6 +106,13 @@ install_system_packages() {
   # pg_query (the SQL parser) generates bindings with libclang and compiles protobuf with protoc.
   ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || missing+=(libclang-dev)
   command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+  # The appliance image (image/build.sh) and its boot test (tests/image).
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  command -v mkfs.erofs >/dev/null 2>&1 || missing+=(erofs-utils)
+  command -v veritysetup >/dev/null 2>&1 || missing+=(cryptsetup-bin)
+  command -v sfdisk >/dev/null 2>&1 || missing+=(fdisk)
+  command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+  command -v readelf >/dev/null 2>&1 || missing+=(binutils)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
   if ! python_has_venv "${PYTHON:-python3}" && ! python_has_venv /usr/bin/python3; then
     missing+=(python3-venv)
@@ -131,6 +138,7 @@ install_system_packages() {
     [ "$made_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
     [ "$rc" -eq 0 ] || return "$rc"
   fi
+  install_qemu || return 1
   # If a system cluster/pgbouncer got started anyway, stop it; we never rely on it.
   if command -v pg_lsclusters >/dev/null 2>&1; then
     pg_lsclusters -h 2>/dev/null | awk '$4 == "online" {print $1, $2}' | while read -r ver name; do
@@ -142,6 +150,25 @@ install_system_packages() {
   fi
   echo "postgres server binaries: $(pg_bindir)"
   echo "node $(node --version), npm $(npm --version 2>/dev/null), $(psql --version)"
+}
+
+# QEMU for the appliance boot test. Debian 12's qemu-system-x86 (7.2) conflicts with a
+# qemu-utils from bookworm-backports (>= 8) if one is installed: take both from bookworm.
+# Installing QEMU may also upgrade the host's systemd packages (apt's choice, expected).
+install_qemu() {
+  command -v qemu-system-x86_64 >/dev/null 2>&1 && return 0
+  echo "system packages: installing qemu-system-x86"
+  local extra=()
+  if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
+    extra=(--allow-downgrades qemu-utils/bookworm)
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "not root: install qemu-system-x86 first" >&2
+    return 1
+  fi
+  apt-get update -qq </dev/null && \
+    apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef \
+      -o Dpkg::Options::=--force-confold qemu-system-x86 "${extra[@]}" </dev/null
 }
 
 # ---------------------------------------------------------------------------------------
@@ -248,6 +275,43 @@ e2e() {
 }
 
 # ---------------------------------------------------------------------------------------
+# The appliance: release-binary hardening, image build (cached), boot test under QEMU
+# ---------------------------------------------------------------------------------------
+release_hardening() {
+  cargo build --release --locked -p gatehouse || return 1
+  image/check-hardening.sh "$CARGO_TARGET_DIR/release/gatehouse"
+}
+
+image_build() {
+  GATEHOUSE_RELEASE_BIN="$CARGO_TARGET_DIR/release/gatehouse" image/build.sh
+}
+
+OELINT_VENV="$GATEHOUSE_CACHE/oelint-venv"
+
+yocto_lint() {
+  python3 yocto/update-crates.py --check || return 1
+  local req="$ROOT/yocto/requirements-lint.txt" want
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ "$(cat "$OELINT_VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    rm -rf "$OELINT_VENV"
+    python3 -m venv "$OELINT_VENV" && "$OELINT_VENV/bin/python" -m pip install -q -r "$req" </dev/null \
+      || return 1
+    echo "$want" >"$OELINT_VENV/.requirements.sha256"
+  fi
+  local files
+  mapfile -t files < <(find yocto/meta-gatehouse -name '*.bb' -o -name '*.bbappend' -o -name '*.conf' -o -name '*.inc' | sort)
+  # homepageping needs the network; info-level findings are suggestions. Any other finding fails.
+  "$OELINT_VENV/bin/oelint-adv" --quiet --release scarthgap --hide info --suppress oelint.vars.homepageping "${files[@]}" \
+    && echo "oelint-adv: ${#files[@]} files, no findings"
+}
+
+image_boot() {
+  export PG_BIN
+  PG_BIN="$(pg_bindir)"
+  "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/image </dev/null
+}
+
+# ---------------------------------------------------------------------------------------
 echo "Gatehouse test suite: $ROOT"
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR  GATEHOUSE_CACHE=$GATEHOUSE_CACHE  CI=${CI:-}"
 
@@ -275,6 +339,17 @@ if [ "$BUILD_OK" -eq 1 ] && [ "$SETUP_OK" -eq 1 ]; then
 else
   skip_section "e2e: pytest tests/e2e" "build or setup failed"
   FAILED=1
+fi
+
+if [ "$E2E_ONLY" -eq 0 ]; then
+  run_section "yocto: oelint-adv meta-gatehouse, crates in step with Cargo.lock" yocto_lint
+  if [ "$SETUP_OK" -eq 1 ] && run_section "release binary: hardening (PIE, RELRO, NX, canary, no RPATH)" release_hardening \
+     && run_section "image: build (image/build.sh, cached)" image_build; then
+    run_section "image: boot test under QEMU + swtpm (tests/image)" image_boot
+  else
+    skip_section "image: boot test under QEMU + swtpm (tests/image)" "hardening, image build or setup failed"
+    FAILED=1
+  fi
 fi
 
 section "summary ($((SECONDS - SUITE_START))s)"

@@ -25,6 +25,7 @@ pub mod facts;
 mod fsutil;
 mod keys;
 mod software;
+pub mod watchdog;
 
 pub use keys::{
     Backend, DataKey, KeyId, KeyPurpose, KeyStore, KeyStoreError, SignatureScheme, DATA_KEY_LEN,

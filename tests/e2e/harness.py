@@ -250,11 +250,17 @@ class OidcProvider:
     """node tests/oidc/provider.mjs with keys this process generated (so it can forge too)."""
 
     def __init__(self, root: Path, keys: list[tuple[str, Any]] | None = None, alg: str = "RS256",
-                 sign_kid: str | None = None, port: int | None = None):
+                 sign_kid: str | None = None, port: int | None = None, issuer: str | None = None,
+                 tls: tuple[Path, Path, Path] | None = None):
+        """tls = (cert, key, ca): serve HTTPS; `issuer` may then name an address only the
+        gateway sees (the appliance VM's https://10.0.2.2:PORT), the tests reach 127.0.0.1."""
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.local_base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.issuer = issuer or self.local_base
+        self.verify: str | bool = str(tls[2]) if tls else True
         self.keys: list[tuple[str, Any]] = keys or [("k1", new_rsa_key())]
         self.alg = alg
         self.sign_kid = sign_kid
@@ -285,17 +291,19 @@ class OidcProvider:
                 "--jwks", str(jwks_path), "--clients", str(self.root / "clients.json"), "--alg", self.alg]
         if self.sign_kid:
             args += ["--sign-kid", self.sign_kid]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=OIDC_DIR)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
-        url = f"{self.issuer}/.well-known/openid-configuration"
+        url = f"{self.local_base}/.well-known/openid-configuration"
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"oidc provider exited: {self.log_path.read_text(errors='replace')}")
             try:
-                r = requests.get(url, timeout=1)
+                r = requests.get(url, timeout=1, verify=self.verify)
                 if r.status_code == 200 and r.json().get("issuer") == self.issuer:
                     self.discovery = r.json()
                     return
@@ -325,7 +333,7 @@ class OidcProvider:
             self.discovery["token_endpoint"],
             data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret,
                   "resource": "urn:gatehouse", "scope": "db"},
-            timeout=10,
+            timeout=10, verify=self.verify,
         )
         assert r.status_code == 200, f"token endpoint: {r.status_code} {r.text}"
         body = r.json()

@@ -5,6 +5,9 @@
 // Usage:
 //   node provider.mjs --port PORT --jwks PRIVATE_JWKS.json --clients CLIENTS.json \
 //        [--issuer http://127.0.0.1:PORT] [--alg RS256|ES256] [--sign-kid KID] [--ttl SECONDS]
+//        [--tls-cert CERT.pem --tls-key KEY.pem] [--bind 127.0.0.1]
+// With --tls-cert/--tls-key it serves HTTPS (the appliance boot test: the gateway in the VM
+// reaches it at https://10.0.2.2:PORT, the issuer it is given).
 // Every option may also come from the environment: OIDC_PORT, OIDC_ISSUER, OIDC_JWKS,
 // OIDC_CLIENTS, OIDC_ALG, OIDC_SIGN_KID, OIDC_TTL.
 //
@@ -18,6 +21,7 @@
 // on stdout once the HTTP server accepts connections.
 
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:https';
 import { parseArgs } from 'node:util';
 
 import Provider from 'oidc-provider';
@@ -31,6 +35,9 @@ const { values: args } = parseArgs({
     alg: { type: 'string' },
     'sign-kid': { type: 'string' },
     ttl: { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    bind: { type: 'string' },
   },
 });
 
@@ -118,9 +125,16 @@ provider.on('grant.error', (_ctx, err) => {
   console.error('oidc grant.error:', err?.message, err?.error_description ?? '');
 });
 
-const server = provider.listen(port, '127.0.0.1', () => {
+const bind = args.bind ?? '127.0.0.1';
+const onListening = () => {
   console.log(`listening ${issuer}`);
-});
+};
+const server = args['tls-cert']
+  ? createServer(
+      { cert: readFileSync(args['tls-cert']), key: readFileSync(args['tls-key']) },
+      provider.callback(),
+    ).listen(port, bind, onListening)
+  : provider.listen(port, bind, onListening);
 
 function shutdown() {
   server.close(() => process.exit(0));

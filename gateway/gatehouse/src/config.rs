@@ -164,6 +164,9 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Pet the board's watchdog (`/dev/watchdog`) when the board has one (the appliance).
+    #[serde(default)]
+    pub watchdog: bool,
 }
 
 fn default_gateway_name() -> String {

@@ -168,8 +168,15 @@ pub async fn run(
     let on_demand = tokio::spawn(checkpoint_on_usr1(gw.clone()));
     let retention = tokio::spawn(prune_hourly(gw.clone()));
     let approvals = tokio::spawn(audit_approvals(gw.clone()));
+    let (watchdog_stop, stop_rx) = tokio::sync::oneshot::channel();
+    let watchdog = tokio::spawn(pet_watchdog(
+        gw.config.load().config.gateway.watchdog,
+        stop_rx,
+    ));
     shutdown.await;
     tracing::info!("shutting down");
+    let _ = watchdog_stop.send(());
+    let _ = watchdog.await;
     for t in tasks {
         t.abort();
     }
@@ -193,6 +200,37 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "audit checkpoint at shutdown failed"),
     }
     Ok(())
+}
+
+/// Pets the board's watchdog from the runtime, so a hung gateway resets the appliance;
+/// disarms it on a clean shutdown.
+async fn pet_watchdog(enabled: bool, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    use gatehouse_board::watchdog::{self, Watchdog};
+    let facts = gatehouse_board::facts::BoardFacts::detect();
+    let Some(path) = facts.watchdog_device.filter(|_| enabled) else {
+        return;
+    };
+    let mut wd = match Watchdog::open(&path) {
+        Ok(wd) => wd,
+        Err(e) => {
+            tracing::warn!(device = %path.display(), error = %e, "cannot open the watchdog");
+            return;
+        }
+    };
+    let identity = watchdog::identity_under(std::path::Path::new("/")).unwrap_or_default();
+    tracing::info!(device = %path.display(), %identity, "petting the board's watchdog");
+    let mut tick = tokio::time::interval(watchdog::PET_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => if let Err(e) = wd.pet() {
+                tracing::error!(error = %e, "petting the watchdog failed");
+            },
+            _ = &mut stop => break,
+        }
+    }
+    if let Err(e) = wd.disarm() {
+        tracing::warn!(error = %e, "disarming the watchdog failed");
+    }
 }
 
 async fn reload_on_hup(gw: Arc<Gateway>) {
