@@ -1141,6 +1141,7 @@ fn replay_journal(
 /// this before reading. Needs no keys: journal rows are sealed already. Returns how many
 /// records were moved into the database.
 pub fn recover(path: &Path) -> Result<usize, AuditError> {
+    migrate_if_old(path)?;
     let jpath = journal::path_for(path);
     match std::fs::metadata(&jpath) {
         Ok(m) if m.len() > 0 => {}
@@ -1165,6 +1166,30 @@ pub fn recover(path: &Path) -> Result<usize, AuditError> {
     // Fill in the Merkle chunks the replayed rows complete.
     schema::rebuild_merkle(&mut conn)?;
     Ok(n)
+}
+
+/// Brings a store written by an older version to the current schema (new columns only; rows
+/// and hashes untouched), so readers of the new version can read it before a gateway of the
+/// new version has opened it. A store a running gateway holds is current already.
+fn migrate_if_old(path: &Path) -> Result<(), AuditError> {
+    let version: i64 = {
+        let ro = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        ro.query_row("PRAGMA user_version", [], |r| r.get(0))?
+    };
+    if version >= schema::SCHEMA_VERSION {
+        return Ok(());
+    }
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)?;
+    schema::ensure_schema(&mut conn)?;
+    tracing::info!(from = version, "audit store schema upgraded for reading");
+    Ok(())
 }
 
 /// A gateway runs and owns the journal: wait (briefly) until it has ingested what the
