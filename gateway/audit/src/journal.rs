@@ -13,7 +13,9 @@
 //! ```text
 //! file  = frame*
 //! frame = version (1 byte, = 1) || len (u32 LE) || check (first 8 bytes of SHA-256(payload))
-//!         || payload (len bytes) = postcard(Row)
+//!         || payload (len bytes)
+//! payload = postcard((seq, prev_hash, hash, key_id, sealed))
+//!           || the clear record's canonical encoding (`Record::encode_canonical`)
 //! ```
 //!
 //! A frame that is short or whose check does not match ends the journal: it is the torn tail
@@ -28,10 +30,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use ring::digest;
-use serde::{Deserialize, Serialize};
-
 use crate::{AuditError, Record, Seq};
+use ring::digest;
 
 const FRAME_VERSION: u8 = 1;
 const HEADER: usize = 1 + 4 + 8;
@@ -39,7 +39,7 @@ const HEADER: usize = 1 + 4 + 8;
 const MAX_FRAME: usize = 64 << 20;
 
 /// One record as it is stored: what SQLite's columns hold.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Row {
     pub seq: Seq,
     pub prev_hash: [u8; 32],
@@ -51,11 +51,10 @@ pub(crate) struct Row {
     /// The clear columns: the whole record in an unsealed store, its clear view in a sealed
     /// one (never a sensitive field in the clear).
     pub clear: Record,
-    /// `clear.policy_hash` and `clear.payload`, which the serde derive of [`Record`] skips
-    /// (extension fields).
-    pub policy_hash: Option<String>,
-    pub payload: Option<Vec<u8>>,
 }
+
+/// The frame payload's fixed part: seq, prev_hash, hash, key_id, sealed.
+type Header = (Seq, [u8; 32], [u8; 32], Option<String>, Option<Vec<u8>>);
 
 /// The journal's path for the database at `db`: `<db>.journal`.
 pub(crate) fn path_for(db: &Path) -> PathBuf {
@@ -69,7 +68,11 @@ pub(crate) fn encode_frame(row: &Row, out: &mut Vec<u8>) -> Result<(), AuditErro
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
     let mut buf = std::mem::take(out);
-    buf = postcard::to_extend(row, buf)?;
+    buf = postcard::to_extend(
+        &(row.seq, &row.prev_hash, &row.hash, &row.key_id, &row.sealed),
+        buf,
+    )?;
+    buf = row.clear.encode_canonical(buf)?;
     let len = buf.len() - start - HEADER;
     let len32 = u32::try_from(len).map_err(|_| AuditError::Corrupt {
         seq: row.seq,
@@ -103,13 +106,9 @@ fn decode_frames(bytes: &[u8]) -> (Vec<Row>, usize) {
         if digest::digest(&digest::SHA256, payload).as_ref()[..8] != h[5..HEADER] {
             break;
         }
-        match postcard::from_bytes::<Row>(payload) {
-            Ok(mut row) => {
-                row.clear.policy_hash = row.policy_hash.clone();
-                row.clear.payload = row.payload.clone();
-                rows.push(row);
-            }
-            Err(_) => break,
+        match decode_payload(payload) {
+            Some(row) => rows.push(row),
+            None => break,
         }
         at += HEADER + len;
     }
@@ -129,6 +128,20 @@ pub(crate) fn last_seq_unlocked(db: &Path) -> Result<Option<Seq>, AuditError> {
     }
     let (rows, _) = decode_frames(&bytes);
     Ok(rows.last().map(|r| r.seq))
+}
+
+fn decode_payload(payload: &[u8]) -> Option<Row> {
+    let ((seq, prev_hash, hash, key_id, sealed), rest): (Header, &[u8]) =
+        postcard::take_from_bytes(payload).ok()?;
+    let clear = Record::decode_canonical(rest).ok()?;
+    Some(Row {
+        seq,
+        prev_hash,
+        hash,
+        key_id,
+        sealed,
+        clear,
+    })
 }
 
 /// The open, locked journal of a running writer.
@@ -248,10 +261,9 @@ mod tests {
             sealed: Some(vec![1, 2, 3]),
             clear: Record {
                 policy_hash: Some("ab".repeat(32)),
+                payload: Some(vec![seq as u8; 3]),
                 ..Record::new(EventKind::Statement, "gw", seq)
             },
-            policy_hash: Some("ab".repeat(32)),
-            payload: None,
         }
     }
 

@@ -209,8 +209,6 @@ pub(crate) fn seal_row(
         hash,
         key_id,
         sealed,
-        policy_hash: clear.policy_hash.clone(),
-        payload: clear.payload.clone(),
         clear,
     })
 }
@@ -297,6 +295,25 @@ pub(crate) fn replay_rows(tx: &Connection, rows: &[JournalRow]) -> Result<usize,
 /// empty.
 pub(crate) fn clear_view(r: &Record) -> Record {
     Record {
+        time_us: r.time_us,
+        event: r.event,
+        gateway: r.gateway.clone(),
+        listener: r.listener.clone(),
+        session_id: r.session_id.clone(),
+        connection: r.connection.clone(),
+        protocol: r.protocol.clone(),
+        param_count: r.param_count,
+        decision: r.decision,
+        sqlstate: r.sqlstate.clone(),
+        rows: r.rows,
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+        duration_us: r.duration_us,
+        ref_seq: r.ref_seq,
+        config_hash: r.config_hash.clone(),
+        policy_hash: r.policy_hash.clone(),
+        // Sensitive: inside the seal only. Listed, not `..r.clone()`, so that a recording's
+        // payload is never copied just to be dropped.
         source: None,
         subject: None,
         username: None,
@@ -308,7 +325,6 @@ pub(crate) fn clear_view(r: &Record) -> Record {
         statement_name: None,
         reason: None,
         payload: None,
-        ..r.clone()
     }
 }
 

@@ -167,17 +167,17 @@ impl Log {
     /// records are then safe from a crash of the process), and queues the rows for ingestion.
     /// Returns the first seq. On error nothing of it is kept (the journal is cut back).
     fn append(&mut self, records: &[Record]) -> Result<(Seq, Nudge), AuditError> {
-        if self.deferred.is_empty() {
-            return self.append_records(records);
-        }
-        let mut all = std::mem::take(&mut self.deferred);
-        let before = all.len();
-        all.extend_from_slice(records);
-        match self.append_records(&all) {
-            Ok((first, nudge)) => Ok((first + Seq::try_from(before).unwrap_or(0), nudge)),
+        // Deferred records go first, in the same write; they are dropped from memory only
+        // once that write succeeded.
+        let deferred = std::mem::take(&mut self.deferred);
+        let result = self.append_records(&deferred, records);
+        match result {
+            Ok((first, nudge)) => {
+                let skipped = Seq::try_from(deferred.len()).unwrap_or(0);
+                Ok((first + skipped, nudge))
+            }
             Err(e) => {
-                all.truncate(before);
-                self.deferred = all;
+                self.deferred = deferred;
                 Err(e)
             }
         }
@@ -214,7 +214,12 @@ impl Log {
         self.append(&[]).map(|_| ())
     }
 
-    fn append_records(&mut self, records: &[Record]) -> Result<(Seq, Nudge), AuditError> {
+    /// Journals `deferred` then `records` with one write; returns the first seq of it all.
+    fn append_records(
+        &mut self,
+        deferred: &[Record],
+        records: &[Record],
+    ) -> Result<(Seq, Nudge), AuditError> {
         if self.stopped {
             return Err(AuditError::WriterGone);
         }
@@ -230,7 +235,7 @@ impl Log {
         let pending_before = self.pending.len();
         self.frames.clear();
         let mut built = Ok(());
-        for r in records {
+        for r in deferred.iter().chain(records) {
             seq += 1;
             let row = match schema::seal_row(&prev, seq, r, &mut self.buf, self.sealer.as_ref())
                 .and_then(|row| journal::encode_frame(&row, &mut self.frames).map(|()| row))
@@ -393,11 +398,7 @@ impl AuditStore {
             .append(true)
             .mode(0o600)
             .open(path)?;
-        let mut conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(opts.busy_timeout)?;
+        let mut conn = open_rw(path, opts.busy_timeout)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(AuditError::NotWal { mode });
@@ -1021,13 +1022,7 @@ impl Writer {
     /// Makes every committed WAL frame durable: fsync of the `-wal` file (SQLite with
     /// `synchronous=NORMAL` fsyncs it only before checkpoints).
     fn sync_wal(&self) -> Result<(), AuditError> {
-        let mut wal = self.path.as_os_str().to_owned();
-        wal.push("-wal");
-        match std::fs::File::open(PathBuf::from(wal)) {
-            Ok(f) => Ok(f.sync_data()?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        fsync_wal(&self.path)
     }
 
     /// Ingests everything, then signs and stores a checkpoint of it and updates the
@@ -1103,6 +1098,28 @@ impl Writer {
     }
 }
 
+/// fsync of the `-wal` file of the database at `path` (SQLite with `synchronous=NORMAL`
+/// fsyncs it only before its own checkpoints); nothing to do when there is none.
+fn fsync_wal(path: &Path) -> Result<(), AuditError> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    match std::fs::File::open(PathBuf::from(wal)) {
+        Ok(f) => Ok(f.sync_data()?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A read-write connection to the database at `path` with a busy timeout.
+fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    Ok(conn)
+}
+
 /// The journal is emptied (after an fsync of the WAL) once it is this large and everything
 /// in it is ingested.
 const JOURNAL_RESET_BYTES: u64 = 4 << 20;
@@ -1124,13 +1141,7 @@ fn replay_journal(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let n = schema::replay_rows(&tx, &rows)?;
     tx.commit()?;
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    match std::fs::File::open(PathBuf::from(wal)) {
-        Ok(f) => f.sync_data()?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
+    fsync_wal(path)?;
     journal.reset()?;
     Ok(n)
 }
@@ -1156,11 +1167,7 @@ pub fn recover(path: &Path) -> Result<usize, AuditError> {
             return Ok(0);
         }
     };
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)?;
+    let mut conn = open_rw(path, DEFAULT_BUSY_TIMEOUT)?;
     schema::ensure_schema(&mut conn)?;
     let n = replay_journal(&mut conn, &mut journal, path)?;
     // Fill in the Merkle chunks the replayed rows complete.
@@ -1182,11 +1189,7 @@ fn migrate_if_old(path: &Path) -> Result<(), AuditError> {
     if version >= schema::SCHEMA_VERSION {
         return Ok(());
     }
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)?;
+    let mut conn = open_rw(path, DEFAULT_BUSY_TIMEOUT)?;
     schema::ensure_schema(&mut conn)?;
     tracing::info!(from = version, "audit store schema upgraded for reading");
     Ok(())
