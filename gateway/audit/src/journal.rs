@@ -12,14 +12,18 @@
 //!
 //! ```text
 //! file  = frame*
-//! frame = version (1 byte, = 1) || len (u32 LE) || check (first 8 bytes of SHA-256(payload))
+//! frame = version (1 byte, = 2) || len (u32 LE) || CRC-32 (IEEE) of payload (u32 LE)
 //!         || payload (len bytes)
+//! (version 1 frames, still read after an upgrade: version (= 1) || len (u32 LE)
+//!  || the first 8 bytes of SHA-256(payload) || payload)
 //! payload = postcard((seq, prev_hash, hash, key_id, sealed))
 //!           || the clear record's canonical encoding (`Record::encode_canonical`)
 //! ```
 //!
 //! A frame that is short or whose check does not match ends the journal: it is the torn tail
-//! of a write that never returned (and so was never acknowledged), and is cut off.
+//! of a write that never returned (and so was never acknowledged), and is cut off. The check
+//! only has to find torn writes (a CRC, cheap on the statement's path); tampering is found by
+//! the hash chain, the seal and the signed checkpoints once the rows are in SQLite.
 //!
 //! The writer holds an exclusive `flock` on the journal for as long as it runs: a second
 //! writer is refused, and [`crate::recover`] knows whether a live writer will ingest the
@@ -33,8 +37,11 @@ use std::path::{Path, PathBuf};
 use crate::{AuditError, Record, Seq};
 use ring::digest;
 
-const FRAME_VERSION: u8 = 1;
-const HEADER: usize = 1 + 4 + 8;
+const FRAME_VERSION: u8 = 2;
+const HEADER: usize = 1 + 4 + 4;
+/// Version 1 frames (SHA-256 check) are still read, so an upgrade replays an old journal.
+const FRAME_V1: u8 = 1;
+const HEADER_V1: usize = 1 + 4 + 8;
 /// No single record comes near this; a larger length is a torn or foreign frame.
 const MAX_FRAME: usize = 64 << 20;
 
@@ -78,10 +85,10 @@ pub(crate) fn encode_frame(row: &Row, out: &mut Vec<u8>) -> Result<(), AuditErro
         seq: row.seq,
         reason: "record too large for the journal".into(),
     })?;
-    let check = digest::digest(&digest::SHA256, &buf[start + HEADER..]);
+    let check = crc32fast::hash(&buf[start + HEADER..]);
     buf[start] = FRAME_VERSION;
     buf[start + 1..start + 5].copy_from_slice(&len32.to_le_bytes());
-    buf[start + 5..start + HEADER].copy_from_slice(&check.as_ref()[..8]);
+    buf[start + 5..start + HEADER].copy_from_slice(&check.to_le_bytes());
     *out = buf;
     Ok(())
 }
@@ -91,26 +98,36 @@ pub(crate) fn encode_frame(row: &Row, out: &mut Vec<u8>) -> Result<(), AuditErro
 fn decode_frames(bytes: &[u8]) -> (Vec<Row>, usize) {
     let mut rows = Vec::new();
     let mut at = 0usize;
-    while bytes.len() - at >= HEADER {
-        let h = &bytes[at..at + HEADER];
-        if h[0] != FRAME_VERSION {
+    while let Some(&version) = bytes.get(at) {
+        let header = match version {
+            FRAME_VERSION => HEADER,
+            FRAME_V1 => HEADER_V1,
+            _ => break,
+        };
+        if bytes.len() - at < header {
             break;
         }
+        let h = &bytes[at..at + header];
         let mut len4 = [0u8; 4];
         len4.copy_from_slice(&h[1..5]);
         let len = u32::from_le_bytes(len4) as usize;
-        if len > MAX_FRAME || bytes.len() - at - HEADER < len {
+        if len > MAX_FRAME || bytes.len() - at - header < len {
             break;
         }
-        let payload = &bytes[at + HEADER..at + HEADER + len];
-        if digest::digest(&digest::SHA256, payload).as_ref()[..8] != h[5..HEADER] {
+        let payload = &bytes[at + header..at + header + len];
+        let intact = if version == FRAME_VERSION {
+            crc32fast::hash(payload).to_le_bytes()[..] == h[5..header]
+        } else {
+            digest::digest(&digest::SHA256, payload).as_ref()[..8] == h[5..header]
+        };
+        if !intact {
             break;
         }
         match decode_payload(payload) {
             Some(row) => rows.push(row),
             None => break,
         }
-        at += HEADER + len;
+        at += header + len;
     }
     (rows, at)
 }
@@ -291,6 +308,30 @@ mod tests {
         let (rows, valid) = decode_frames(&bad);
         assert_eq!(rows, vec![row(1)]);
         assert_eq!(valid, first);
+    }
+
+    /// A journal written by the previous frame version (SHA-256 check) is still replayed.
+    #[test]
+    fn version_1_frames_are_read() {
+        let mut v1 = Vec::new();
+        for s in 1..=2 {
+            let mut f = Vec::new();
+            encode_frame(&row(s), &mut f).unwrap();
+            let payload = &f[HEADER..];
+            v1.push(FRAME_V1);
+            v1.extend_from_slice(&f[1..5]);
+            v1.extend_from_slice(&digest::digest(&digest::SHA256, payload).as_ref()[..8]);
+            v1.extend_from_slice(payload);
+        }
+        let mut both = v1.clone();
+        encode_frame(&row(3), &mut both).unwrap();
+        let (rows, valid) = decode_frames(&both);
+        assert_eq!(rows, vec![row(1), row(2), row(3)]);
+        assert_eq!(valid, both.len());
+        let mut bad = v1;
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(decode_frames(&bad).0, vec![row(1)]);
     }
 
     #[test]

@@ -108,6 +108,16 @@ const INSERT: &str = r#"INSERT INTO records (seq, time_us, event, gateway, liste
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
     ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"#;
 
+/// [`INSERT`] for a sealed row: the columns [`clear_view`] empties (and `payload`, which is
+/// only ever inside the seal) are left to their defaults (NULL, `groups` `[]`) instead of
+/// being bound one by one: a third fewer binds on the ingestion path.
+const INSERT_SEALED: &str = r#"INSERT INTO records (seq, time_us, event, gateway, listener,
+    session_id, "groups", connection, protocol, param_count, decision, sqlstate, "rows",
+    bytes_in, bytes_out, duration_us, ref_seq, config_hash, prev_hash, hash, key_id, sealed,
+    policy_hash)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, '[]', ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+    ?18, ?19, ?20, ?21, ?22)"#;
+
 /// Creates the table if missing and checks the schema version.
 pub(crate) fn ensure_schema(conn: &mut Connection) -> Result<(), AuditError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -189,7 +199,7 @@ pub(crate) fn seal_row(
     seq: Seq,
     record: &Record,
     buf: &mut Vec<u8>,
-    sealer: Option<&Sealer>,
+    sealer: Option<&mut Sealer>,
 ) -> Result<JournalRow, AuditError> {
     buf.clear();
     let encoded = record.encode_canonical(std::mem::take(buf))?;
@@ -219,13 +229,52 @@ pub(crate) fn insert_rows<'a>(
     rows: impl IntoIterator<Item = &'a JournalRow>,
 ) -> Result<(), AuditError> {
     let mut stmt = tx.prepare_cached(INSERT)?;
+    let mut sealed_stmt = tx.prepare_cached(INSERT_SEALED)?;
     for row in rows {
         let r = &row.clear;
         let seq = row.seq;
-        let groups = serde_json::to_string(&r.groups).map_err(|_| AuditError::Corrupt {
-            seq,
-            reason: "groups cannot be encoded as JSON".into(),
-        })?;
+        if let (Some(key_id), Some(sealed)) = (&row.key_id, &row.sealed) {
+            debug_assert!(
+                *r == clear_view(r),
+                "a sealed row's clear record is its clear view"
+            );
+            sealed_stmt.execute(params![
+                seq,
+                r.time_us,
+                r.event.as_str(),
+                r.gateway,
+                r.listener,
+                r.session_id,
+                r.connection,
+                r.protocol,
+                r.param_count,
+                r.decision.map(Decision::as_str),
+                r.sqlstate,
+                r.rows,
+                r.bytes_in,
+                r.bytes_out,
+                r.duration_us,
+                r.ref_seq,
+                r.config_hash,
+                &row.prev_hash[..],
+                &row.hash[..],
+                key_id,
+                sealed,
+                r.policy_hash,
+            ])?;
+            continue;
+        }
+        // Sealed rows keep their groups inside the seal: `[]` without an allocation.
+        let groups: std::borrow::Cow<'static, str> = if r.groups.is_empty() {
+            "[]".into()
+        } else {
+            serde_json::to_string(&r.groups)
+                .map_err(|_| AuditError::Corrupt {
+                    seq,
+                    reason: "groups cannot be encoded as JSON".into(),
+                })?
+                .into()
+        };
         stmt.execute(params![
             seq,
             r.time_us,
@@ -237,7 +286,7 @@ pub(crate) fn insert_rows<'a>(
             r.subject,
             r.username,
             r.email,
-            groups,
+            groups.as_ref(),
             r.token_id,
             r.issuer,
             r.connection,

@@ -2,7 +2,9 @@
 //! key store's audit key. See the crate README for the threat model.
 //!
 //! ```text
-//! sealed = nonce (12 random bytes) || AES-256-GCM(key, nonce, aad, postcard(record))
+//! sealed = nonce (12 bytes) || AES-256-GCM(key, nonce, aad, postcard(record))
+//! nonce  = prefix (8 random bytes, new per sealer and whenever the counter wraps)
+//!          || counter (4 bytes, big-endian, +1 per record)
 //! aad    = "gatehouse-audit-record/v1" || seq (8 bytes, big-endian) || key id (16 ASCII hex)
 //! ```
 //!
@@ -21,11 +23,19 @@ use crate::{AuditError, Seq};
 const AAD_DOMAIN: &[u8] = b"gatehouse-audit-record/v1";
 
 /// Seals and opens records; caches keys by id (current and rotated-out ones).
+///
+/// Nonces are a 64-bit random prefix drawn when the sealer is made (and again whenever the
+/// 32-bit counter behind it wraps) followed by that counter: unique within a sealer without
+/// a `getrandom` call per record, and across sealers (restarts of the gateway under the same
+/// key) unless two draws of the 64-bit prefix collide (birthday bound: 2^-33 after 2^16
+/// restarts, each good for 2^32 records).
 pub(crate) struct Sealer {
     keys: Arc<dyn KeyStore>,
     current: (KeyId, LessSafeKey),
     old: HashMap<KeyId, LessSafeKey>,
     rng: SystemRandom,
+    prefix: [u8; 8],
+    counter: u32,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -53,11 +63,16 @@ impl Sealer {
     pub(crate) fn new(keys: Arc<dyn KeyStore>) -> Result<Sealer, AuditError> {
         let key = keys.data_key(KeyPurpose::Audit).map_err(AuditError::keys)?;
         let current = (key.id(), aead_key(key.bytes())?);
+        let rng = SystemRandom::new();
+        let mut prefix = [0u8; 8];
+        rng.fill(&mut prefix).map_err(|_| AuditError::Crypto)?;
         Ok(Sealer {
             keys,
             current,
             old: HashMap::new(),
-            rng: SystemRandom::new(),
+            rng,
+            prefix,
+            counter: 0,
         })
     }
 
@@ -67,9 +82,8 @@ impl Sealer {
     }
 
     /// Encrypts `plain` (the record's canonical encoding) for row `seq`.
-    pub(crate) fn seal(&self, seq: Seq, plain: &[u8]) -> Result<Vec<u8>, AuditError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| AuditError::Crypto)?;
+    pub(crate) fn seal(&mut self, seq: Seq, plain: &[u8]) -> Result<Vec<u8>, AuditError> {
+        let nonce = self.next_nonce()?;
         let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + AES_256_GCM.tag_len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
@@ -86,6 +100,21 @@ impl Sealer {
         let _ = head;
         out.extend_from_slice(tag.as_ref());
         Ok(out)
+    }
+
+    /// The next nonce: prefix || counter; a fresh random prefix once the counter wraps.
+    fn next_nonce(&mut self) -> Result<[u8; NONCE_LEN], AuditError> {
+        if self.counter == u32::MAX {
+            self.rng
+                .fill(&mut self.prefix)
+                .map_err(|_| AuditError::Crypto)?;
+            self.counter = 0;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&self.prefix);
+        nonce[8..].copy_from_slice(&self.counter.to_be_bytes());
+        self.counter += 1;
+        Ok(nonce)
     }
 
     /// Decrypts a sealed blob of row `seq` into `out`. `Ok(false)` if it does not
@@ -134,5 +163,47 @@ impl Sealer {
             }
             Err(_) => Ok(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use gatehouse_board::SoftwareKeyStore;
+
+    fn sealer(dir: &tempfile::TempDir) -> Sealer {
+        let keys = SoftwareKeyStore::open_or_create(&dir.path().join("keys")).unwrap();
+        Sealer::new(Arc::new(keys)).unwrap()
+    }
+
+    /// Nonces never repeat within a sealer: a counter under a random prefix, and a fresh
+    /// prefix when the counter wraps; every sealed record still opens.
+    #[test]
+    fn nonces_count_up_and_the_prefix_changes_when_the_counter_wraps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sealer(&dir);
+        let a = s.seal(1, b"first").unwrap();
+        let b = s.seal(2, b"second").unwrap();
+        assert_eq!(a[..8], b[..8], "one prefix per sealer");
+        assert_eq!(a[8..12], 0u32.to_be_bytes());
+        assert_eq!(b[8..12], 1u32.to_be_bytes());
+        s.counter = u32::MAX;
+        let c = s.seal(3, b"third").unwrap();
+        assert_ne!(c[..8], a[..8], "a new prefix after the counter wrapped");
+        assert_eq!(c[8..12], 0u32.to_be_bytes());
+        let id = s.key_id().as_str().to_owned();
+        let mut out = Vec::new();
+        for (seq, sealed, plain) in [
+            (1, &a, &b"first"[..]),
+            (2, &b, b"second"),
+            (3, &c, b"third"),
+        ] {
+            assert!(s.open(seq, &id, sealed, &mut out).unwrap());
+            assert_eq!(out, plain);
+        }
+        // A second sealer (a restart) draws another prefix.
+        let mut again = sealer(&dir);
+        assert_ne!(again.seal(1, b"x").unwrap()[..8], a[..8]);
     }
 }

@@ -110,8 +110,12 @@ impl Shared {
 /// Everything an append needs: the chain and tree tails, the sealer and the journal.
 struct Log {
     journal: Journal,
-    /// Identity of the journal file at open, checked before every append.
-    journal_file: FileIdentity,
+    /// Set by the background thread when the journal file was unlinked or replaced under the
+    /// store: every append is refused from then on (records would not survive a crash).
+    journal_gone: bool,
+    /// A `Wake` was sent and the background thread has not ingested since: later appends
+    /// need not wake it again (one wake-up per ingestion, not one per statement).
+    wake_sent: bool,
     sealer: Option<Sealer>,
     /// Scratch buffer for the canonical encoding.
     buf: Vec<u8>,
@@ -199,11 +203,22 @@ impl Log {
             return Err(AuditError::Unhealthy);
         }
         self.deferred.push(record);
-        Ok(match self.deferred.len() {
-            1 => Nudge::Wake,
-            n if n == self.ingest_batch => Nudge::Now,
-            _ => Nudge::None,
-        })
+        let nudge = if self.deferred.len() == self.ingest_batch {
+            Nudge::Now
+        } else if !self.wake_sent {
+            Nudge::Wake
+        } else {
+            Nudge::None
+        };
+        Ok(self.sent(nudge))
+    }
+
+    /// Notes that `nudge` is about to be sent.
+    fn sent(&mut self, nudge: Nudge) -> Nudge {
+        if !matches!(nudge, Nudge::None) {
+            self.wake_sent = true;
+        }
+        nudge
     }
 
     /// Journals the deferred records now (the background thread, before ingesting).
@@ -226,6 +241,9 @@ impl Log {
         if let Some(e) = &self.ingest_error {
             return group_failed(e);
         }
+        if self.journal_gone {
+            return Err(AuditError::GroupFailed(Arc::new(AuditError::FileReplaced)));
+        }
         let first = self.last_seq + 1;
         let mut seq = self.last_seq;
         let mut prev = self.last_hash;
@@ -237,7 +255,7 @@ impl Log {
         let mut built = Ok(());
         for r in deferred.iter().chain(records) {
             seq += 1;
-            let row = match schema::seal_row(&prev, seq, r, &mut self.buf, self.sealer.as_ref())
+            let row = match schema::seal_row(&prev, seq, r, &mut self.buf, self.sealer.as_mut())
                 .and_then(|row| journal::encode_frame(&row, &mut self.frames).map(|()| row))
             {
                 Ok(row) => row,
@@ -257,10 +275,9 @@ impl Log {
             self.pending.push(row);
         }
         // A journal unlinked or replaced under the store would take acknowledged records
-        // with it: checked (one stat) before every append.
-        let written = built
-            .and_then(|()| self.journal_file.check())
-            .and_then(|()| self.journal.append(&self.frames));
+        // with it at a crash: the background thread checks its identity at every ingestion
+        // (a `stat(2)` here would cost every statement) and sets `journal_gone`.
+        let written = built.and_then(|()| self.journal.append(&self.frames));
         if let Err(e) = written {
             self.pending.truncate(pending_before);
             return Err(AuditError::GroupFailed(Arc::new(e)));
@@ -279,12 +296,12 @@ impl Log {
         let nudge = if pending_before < self.ingest_batch && self.pending.len() >= self.ingest_batch
         {
             Nudge::Now
-        } else if pending_before == 0 || first_unsynced {
+        } else if !self.wake_sent || first_unsynced {
             Nudge::Wake
         } else {
             Nudge::None
         };
-        Ok((first, nudge))
+        Ok((first, self.sent(nudge)))
     }
 }
 
@@ -406,6 +423,10 @@ impl AuditStore {
         // The journal carries durability; SQLite's WAL is fsynced before the journal is
         // emptied, so `NORMAL` loses nothing in either mode.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Room for a whole ingestion batch (up to `ingest_batch` rows of ~1 KiB) in the page
+        // cache: with the default 2 MiB, a large batch spills dirty pages to the WAL mid-
+        // transaction and writes them again at commit.
+        conn.pragma_update(None, "cache_size", -16_384)?;
         schema::ensure_schema(&mut conn)?;
         let mut journal = match Journal::lock(path)? {
             LockOutcome::Locked(j) => j,
@@ -458,7 +479,8 @@ impl AuditStore {
             gone: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             log: Mutex::new(Log {
-                journal_file: FileIdentity::of(&journal::path_for(path))?,
+                journal_gone: false,
+                wake_sent: false,
                 sealer,
                 buf: Vec::new(),
                 frames: Vec::new(),
@@ -490,6 +512,8 @@ impl AuditStore {
             shared: Arc::clone(&shared),
             sync_file,
             file: FileIdentity::of(path)?,
+            journal_file: FileIdentity::of(&journal::path_for(path))?,
+            spare: Vec::new(),
             path: path.to_owned(),
             keys,
             covered,
@@ -704,6 +728,10 @@ struct Writer {
     sync_file: std::fs::File,
     /// Identity of the database file at open.
     file: FileIdentity,
+    /// Identity of the journal file at open, checked at every ingestion.
+    journal_file: FileIdentity,
+    /// The queue vector of the previous ingestion, emptied, to be swapped in next time.
+    spare: Vec<Row>,
     path: PathBuf,
     keys: Option<Arc<dyn KeyStore>>,
     /// Records covered by the newest checkpoint.
@@ -906,14 +934,19 @@ impl Writer {
                 // They stay deferred; the store reports unhealthy through the next append.
                 tracing::warn!(error = %e, "deferred audit records not journaled yet");
             }
+            // Everything pending is taken now: the next append must wake this thread again.
+            log.wake_sent = false;
             let snapshot = Snapshot {
                 size: log.merkle.size(),
                 root: log.merkle.root(),
                 last_hash: log.last_hash,
                 config_hash: log.config_hash.clone(),
             };
+            // The emptied vector of the last ingestion takes the pending one's place, so the
+            // queue keeps its capacity instead of regrowing (and moving its rows) every time.
+            let spare = std::mem::take(&mut self.spare);
             (
-                std::mem::take(&mut log.pending),
+                std::mem::replace(&mut log.pending, spare),
                 std::mem::take(&mut log.pending_chunks),
                 snapshot,
             )
@@ -921,10 +954,14 @@ impl Writer {
         if rows.is_empty() {
             return Ok(snapshot);
         }
+        self.check_journal();
         let inserted = self.insert(&rows, &chunks);
         self.shared.drained.notify_waiters();
         match inserted {
             Ok(()) => {
+                let mut rows = rows;
+                rows.clear();
+                self.spare = rows;
                 self.ingested = snapshot.size;
                 let mut log = self.shared.log();
                 if log.ingest_error.take().is_some() {
@@ -958,6 +995,20 @@ impl Writer {
                 log.ingest_error = Some(Arc::clone(&e));
                 self.shared.healthy.store(false, Ordering::Release);
                 group_failed(&e)
+            }
+        }
+    }
+
+    /// Refuses every later append if the journal was unlinked or replaced (by hand, or with
+    /// its directory): what is journaled from then on would not survive a crash. Records
+    /// acknowledged since then are in memory and still ingested.
+    fn check_journal(&self) {
+        if let Err(e) = self.journal_file.check() {
+            let mut log = self.shared.log();
+            if !log.journal_gone {
+                log.journal_gone = true;
+                self.shared.healthy.store(false, Ordering::Release);
+                tracing::error!(error = %e, "audit journal removed or replaced; statements refused");
             }
         }
     }

@@ -561,7 +561,18 @@ async fn removed_directory_makes_append_fail() {
     let store = open(&path);
     within(store.append(stmt(1))).await.unwrap();
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
-    let e = within(store.append(stmt(2))).await.unwrap_err();
+    // The background thread notices at its next ingestion (within the ingest window, not
+    // at every append: a stat per statement was too dear); from then on appends fail.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        match within(store.append(stmt(2))).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "appends still accepted");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
     assert!(matches!(e, AuditError::GroupFailed(_)), "{e:?}");
     assert!(!store.is_healthy());
     // Keeps failing, fast, for every new group.
@@ -569,6 +580,47 @@ async fn removed_directory_makes_append_fail() {
     assert!(within(store.append(stmt(3))).await.is_err());
     assert!(started.elapsed() < Duration::from_secs(2));
     let _ = store.shutdown();
+}
+
+/// The journal alone is replaced under a running store (the database stays): appends are
+/// refused from the next ingestion on, and every record acknowledged before is still
+/// ingested into the database.
+#[tokio::test]
+async fn replaced_journal_refuses_appends_and_keeps_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    within(store.append(stmt(1))).await.unwrap();
+    let journal = path.with_file_name("audit.db.journal");
+    let stand_in = path.with_file_name("stand-in");
+    std::fs::write(&stand_in, b"").unwrap();
+    std::fs::rename(&stand_in, &journal).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut acknowledged = vec![1i64];
+    let mut i = 2;
+    let e = loop {
+        match within(store.append(stmt(i))).await {
+            Err(e) => break e,
+            Ok(_) => {
+                acknowledged.push(i);
+                assert!(Instant::now() < deadline, "appends still accepted");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        i += 1;
+    };
+    assert!(matches!(e, AuditError::GroupFailed(_)), "{e:?}");
+    assert!(!store.is_healthy());
+    let _ = store.flush().await;
+    let _ = store.shutdown();
+    let seen: Vec<i64> = AuditReader::open(&path)
+        .unwrap()
+        .tail(1000)
+        .unwrap()
+        .iter()
+        .map(|r| r.record.time_us - 1_700_000_000_000_000)
+        .collect();
+    assert_eq!(seen, acknowledged);
 }
 
 #[tokio::test]
