@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side PostgreSQL benchmark: direct vs pgbouncer (session mode) vs Gatehouse.
 #
-# Usage: bench/pg-compare.sh [--quick] [--targets LIST] [--workloads LIST] [--duration SECONDS] [--no-bulk] [--keep]
+# Usage: bench/pg-compare.sh [--quick] [--targets LIST] [--workloads LIST] [--duration SECONDS] [--rounds N] [--no-bulk] [--keep]
 #
 #   --quick            5 s per measured run instead of 20 s (1 s warm-ups)
 #   --targets LIST     comma-separated subset of: direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask,
@@ -14,6 +14,9 @@
 #   --workloads LIST   comma-separated subset of: select-simple,select-extended,select-prepared,tpcb-simple
 #                      (default: all; "none" runs only the bulk fetch)
 #   --duration N       seconds per measured pgbench run (overrides --quick)
+#   --rounds N         measure every target N times per workload, interleaved round by round;
+#                      the report shows medians and each target's per-round ratio to pgbouncer
+#                      (min-max), since on a shared machine single runs swing by 10-20%
 #   --no-bulk          skip the 1,000,000-row bulk-fetch measurements
 #   --keep             keep the temporary directory (logs, pgbench logs) for inspection
 #
@@ -33,6 +36,7 @@ QUICK=0
 TARGETS_ARG="direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask,gatehouse+policy"
 WORKLOADS_ARG="all"
 DURATION=""
+ROUNDS=1
 DO_BULK=1
 KEEP=0
 while [[ $# -gt 0 ]]; do
@@ -44,6 +48,8 @@ while [[ $# -gt 0 ]]; do
         --workloads=*) WORKLOADS_ARG="${1#*=}" ;;
         --duration) DURATION="${2:?--duration needs a value}"; shift ;;
         --duration=*) DURATION="${1#*=}" ;;
+        --rounds) ROUNDS="${2:?--rounds needs a value}"; shift ;;
+        --rounds=*) ROUNDS="${1#*=}" ;;
         --no-bulk) DO_BULK=0 ;;
         --keep) KEEP=1 ;;
         -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -56,6 +62,7 @@ if [[ -z "$DURATION" ]]; then
     if [[ $QUICK == 1 ]]; then DURATION=5; else DURATION=20; fi
 fi
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -gt 0 ]] || { echo "pg-compare: bad --duration: $DURATION" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -gt 0 ]] || { echo "pg-compare: bad --rounds: $ROUNDS" >&2; exit 2; }
 if [[ $QUICK == 1 || $DURATION -lt 10 ]]; then WARMUP=1; else WARMUP=3; fi
 SCALE="${BENCH_SCALE:-10}"
 CLIENTS="${BENCH_CLIENTS:-8}"
@@ -447,7 +454,7 @@ fi
 # --------------------------------------------------------------------------------------------
 # 5./6. pgbench runs, interleaved per workload
 # --------------------------------------------------------------------------------------------
-RESULTS="$TMP/results.tsv"      # target workload tps tx failed p50_us p99_us lat_avg_ms cpu_us_per_tx audit_rec_per_tx
+RESULTS="$TMP/results.tsv"      # target workload tps tx failed p50_us p99_us lat_avg_ms cpu_us_per_tx audit_rec_per_tx round
 BULK_RESULTS="$TMP/bulk.tsv"    # target method bytes best_s
 : >"$RESULTS"; : >"$BULK_RESULTS"
 mkdir -p "$TMP/pgbench-logs"
@@ -480,10 +487,11 @@ prepare_workload() { # workload -- reset state the TPC-B script writes to, flush
     fi
 }
 
-TOTAL_RUNS=$(( ${#WORKLOADS[@]} * ${#TARGETS[@]} ))
+TOTAL_RUNS=$(( ${#WORKLOADS[@]} * ${#TARGETS[@]} * ROUNDS ))
 RUN_NO=0
 for wl in "${WORKLOADS[@]}"; do
     read -r -a wl_args <<<"${WL_ARGS[$wl]}"
+    for round in $(seq 1 "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
         RUN_NO=$((RUN_NO + 1))
         prepare_workload "$wl"
@@ -519,10 +527,11 @@ for wl in "${WORKLOADS[@]}"; do
         if [[ -n "$pid" && "$tx" -gt 0 ]]; then
             cpu="$(awk -v d=$(( after - before )) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')"
         fi
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$wl" "$tps" "$tx" "${failed:-0}" "$p50" "$p99" \
-            "${lat_avg:--}" "$cpu" "$audit_per_tx" >>"$RESULTS"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$wl" "$tps" "$tx" "${failed:-0}" "$p50" "$p99" \
+            "${lat_avg:--}" "$cpu" "$audit_per_tx" "$round" >>"$RESULTS"
         log "[$RUN_NO/$TOTAL_RUNS] $wl via $t: tps=$tps p50=${p50}us p99=${p99}us proxy cpu/tx=${cpu}us audit rec/tx=$audit_per_tx (logged $nlogged tx)"
         rm -f "$prefix".[0-9]*   # per-transaction logs can be large
+    done
     done
 done
 
@@ -581,31 +590,60 @@ print("- machine: $(nproc) CPUs, ${CPU_MODEL}, $(( $(awk '/MemTotal/ {print $2}'
 print("- postgres: ${PG_VERSION}; pgbouncer: ${BOUNCER_VERSION} (session mode, SCRAM); pgbench: $(pgbench --version)")
 print("- gatehouse: ${GH_VERSION}, git rev ${GIT_REV} (${GIT_DIRTY} uncommitted/untracked paths)")
 print("- command: \`${ORIG_CMD}\`")
-print("- pgbench: scale ${SCALE}, -c ${CLIENTS} -j ${JOBS} -T ${DURATION} (warm-up ${WARMUP} s per run), targets interleaved per workload; all processes on 127.0.0.1 sharing the same CPUs")
+print("- pgbench: scale ${SCALE}, -c ${CLIENTS} -j ${JOBS} -T ${DURATION} (warm-up ${WARMUP} s per run), targets interleaved per workload, ${ROUNDS} round(s); all processes on 127.0.0.1 sharing the same CPUs")
+if ${ROUNDS} > 1:
+    print("- with several rounds: TPS, latencies and CPU are medians over the rounds; 'vs pgbouncer' is the median of the per-round ratios (each target against pgbouncer in the same round), 'per round' their range")
 print("- latency percentiles from pgbench -l per-transaction logs; proxy CPU = utime+stime of the proxy process (all threads) over the measured run / transactions")
 print()
 print("- audit rec/tx: gatehouse audit records written during the measured run (incl. session start/end records) / transactions; this build writes a statement and a statement.result record per statement, so 2 for select-only and 14 for TPC-B (7 statements) mean every statement was recorded")
 print("- gatehouse audit store at the end: ${GH_AUDIT_INFO}")
 print()
+import statistics
+multi = ${ROUNDS} > 1
 if rows:
-  print("| target | workload | TPS | vs pgbouncer | vs direct | p50 ms | p99 ms | proxy CPU µs/tx | audit rec/tx |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-tps = {(r[0], r[1]): float(r[2]) for r in rows}
+  if multi:
+    print("| target | workload | TPS | vs pgbouncer | per round | vs direct | p50 ms | p99 ms | proxy CPU µs/tx | audit rec/tx |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+  else:
+    print("| target | workload | TPS | vs pgbouncer | vs direct | p50 ms | p99 ms | proxy CPU µs/tx | audit rec/tx |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+runs = {}
+for r in rows:
+    runs.setdefault((r[0], r[1]), []).append(r)
+by_round = {(r[0], r[1], r[10]): float(r[2]) for r in rows}
+def med(vals):
+    vals = [float(v) for v in vals if v not in ("-", "")]
+    return statistics.median(vals) if vals else None
 def ratio(a, b):
     return "%.2f" % (a / b) if b else "-"
 def ms(us):
-    return "%.3f" % (int(us) / 1000) if us not in ("-", "") else "-"
+    return "%.3f" % (us / 1000) if us is not None else "-"
+def num(v, fmt):
+    return fmt % v if v is not None else "-"
 order = []
 for r in rows:
     if r[1] not in order: order.append(r[1])
 for wl in order:
+    seen = []
     for r in rows:
-        if r[1] != wl: continue
-        t = r[0]; v = float(r[2])
-        vb = ratio(v, tps[("pgbouncer", wl)]) if ("pgbouncer", wl) in tps else "-"
-        vd = ratio(v, tps[("direct", wl)]) if ("direct", wl) in tps else "-"
-        fail = "" if r[4] in ("0", "") else " (%s failed)" % r[4]
-        print("| %s | %s | %.0f%s | %s | %s | %s | %s | %s | %s |" % (t, wl, v, fail, vb, vd, ms(r[5]), ms(r[6]), r[8], r[9]))
+        if r[1] == wl and r[0] not in seen: seen.append(r[0])
+    for t in seen:
+        rs = runs[(t, wl)]
+        v = med([r[2] for r in rs])
+        def vs(other):
+            per = [by_round[(t, wl, r[10])] / by_round[(other, wl, r[10])] for r in rs if (other, wl, r[10]) in by_round]
+            return per
+        pb, pd = vs("pgbouncer"), vs("direct")
+        vb = "%.2f" % statistics.median(pb) if pb else "-"
+        vd = "%.2f" % statistics.median(pd) if pd else "-"
+        failed = sum(int(r[4]) for r in rs if r[4] not in ("", "-"))
+        fail = "" if failed == 0 else " (%d failed)" % failed
+        cols = [t, wl, "%.0f%s" % (v, fail), vb]
+        if multi:
+            cols.append("%.2f-%.2f" % (min(pb), max(pb)) if pb else "-")
+        cols += [vd, ms(med([r[5] for r in rs])), ms(med([r[6] for r in rs])),
+                 num(med([r[8] for r in rs]), "%.1f"), num(med([r[9] for r in rs]), "%.2f")]
+        print("| " + " | ".join(cols) + " |")
 if bulk:
     print()
     print("Bulk fetch of ${BULK_ROWS} rows (\`psql\` output to /dev/null, best of ${BULK_REPEAT}; MB = 10^6 bytes):")
