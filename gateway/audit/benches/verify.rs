@@ -50,7 +50,7 @@ async fn main() {
     while i < n {
         let batch: Vec<Record> = (i..(i + 4096).min(n)).map(record).collect();
         i += batch.len() as u64;
-        store.append_batch(batch).await.unwrap();
+        store.append_batch(&batch).await.unwrap();
     }
     store.shutdown().unwrap();
     let w = t.elapsed();

@@ -264,17 +264,10 @@ pub(crate) fn insert_rows<'a>(
             ])?;
             continue;
         }
-        // Sealed rows keep their groups inside the seal: `[]` without an allocation.
-        let groups: std::borrow::Cow<'static, str> = if r.groups.is_empty() {
-            "[]".into()
-        } else {
-            serde_json::to_string(&r.groups)
-                .map_err(|_| AuditError::Corrupt {
-                    seq,
-                    reason: "groups cannot be encoded as JSON".into(),
-                })?
-                .into()
-        };
+        let groups = serde_json::to_string(&r.groups).map_err(|_| AuditError::Corrupt {
+            seq,
+            reason: "groups cannot be encoded as JSON".into(),
+        })?;
         stmt.execute(params![
             seq,
             r.time_us,
@@ -286,7 +279,7 @@ pub(crate) fn insert_rows<'a>(
             r.subject,
             r.username,
             r.email,
-            groups.as_ref(),
+            groups,
             r.token_id,
             r.issuer,
             r.connection,

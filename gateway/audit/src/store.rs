@@ -573,10 +573,11 @@ impl AuditStore {
     }
 
     /// Writes several records with one journal write and one acknowledgement. Sequence
-    /// numbers are consecutive, in input order.
-    pub async fn append_batch(&self, records: Vec<Record>) -> Result<Vec<Seq>, AuditError> {
+    /// numbers are consecutive, in input order. Borrowed, so a caller that audits every read
+    /// (the relay) can clear and reuse its vector instead of allocating one per statement.
+    pub async fn append_batch(&self, records: &[Record]) -> Result<Vec<Seq>, AuditError> {
         self.backpressure().await;
-        let first = self.journal_retrying(&records).await?;
+        let first = self.journal_retrying(records).await?;
         self.durable().await?;
         let n = Seq::try_from(records.len()).unwrap_or(Seq::MAX);
         Ok((first..first + n).collect())

@@ -140,7 +140,7 @@ async fn seq_and_chain_continue_across_reopen() {
         for i in 0..5 {
             seqs.push(within(store.append(stmt(round * 10 + i))).await.unwrap());
         }
-        let batch = within(store.append_batch(vec![stmt(100), stmt(101)]))
+        let batch = within(store.append_batch(&[stmt(100), stmt(101)]))
             .await
             .unwrap();
         seqs.extend(batch);
@@ -163,8 +163,8 @@ async fn seq_and_chain_continue_across_reopen() {
 async fn store_with(dir: &tempfile::TempDir, n: i64) -> PathBuf {
     let path = db_path(dir);
     let store = open(&path);
-    let recs = (1..=n).map(stmt).collect();
-    within(store.append_batch(recs)).await.unwrap();
+    let recs: Vec<Record> = (1..=n).map(stmt).collect();
+    within(store.append_batch(&recs)).await.unwrap();
     store.shutdown().unwrap();
     path
 }
@@ -467,7 +467,7 @@ async fn failed_ingestion_fails_closed_then_recovers() {
     let e = within(store.append(poison())).await.unwrap_err();
     assert!(matches!(e, AuditError::GroupFailed(_)), "{e:?}");
     assert_no_contents(&e);
-    let e = within(store.append_batch(vec![stmt(5), poison()]))
+    let e = within(store.append_batch(&[stmt(5), poison()]))
         .await
         .unwrap_err();
     assert_no_contents(&e);
@@ -653,8 +653,8 @@ async fn reader_works_while_writer_runs() {
     let store = open(&path);
     within(store.append(stmt(0))).await.unwrap();
     let reader = AuditReader::open(&path).unwrap();
-    let recs = (1..=30).map(stmt).collect();
-    within(store.append_batch(recs)).await.unwrap();
+    let recs: Vec<Record> = (1..=30).map(stmt).collect();
+    within(store.append_batch(&recs)).await.unwrap();
     within(store.flush()).await.unwrap();
 
     let tail = reader.tail(3).unwrap();

@@ -65,7 +65,7 @@ async fn write(env: &Env, from: i64, n: i64) {
     let store = AuditStore::open_with(&env.path, opts(), env.keys.clone()).unwrap();
     let recs: Vec<Record> = (from..from + n).map(stmt).collect();
     for chunk in recs.chunks(37) {
-        store.append_batch(chunk.to_vec()).await.unwrap();
+        store.append_batch(chunk).await.unwrap();
         // Ingest each batch, as the ingest window would at this pace: checkpoints then
         // fall every `checkpoint_every` records instead of once for the whole burst.
         store.flush().await.unwrap();
@@ -243,7 +243,7 @@ async fn rewritten_chain_is_caught_by_checkpoint_roots() {
     let forged = AuditStore::open(&plain_path, StoreOptions::default()).unwrap();
     let mut recs: Vec<Record> = (1..=300).map(stmt).collect();
     recs[199].statement = Some("SELECT innocent".into());
-    forged.append_batch(recs).await.unwrap();
+    forged.append_batch(&recs).await.unwrap();
     forged.shutdown().unwrap();
     let c = db(&env);
     c.execute("ATTACH DATABASE ?1 AS f", [plain_path.to_str().unwrap()])
@@ -514,7 +514,7 @@ async fn upgrade_from_plain_store_keeps_verifying() {
     let env = new_env();
     let plain = AuditStore::open(&env.path, StoreOptions::default()).unwrap();
     plain
-        .append_batch((1..=300).map(stmt).collect())
+        .append_batch(&(1..=300).map(stmt).collect::<Vec<_>>())
         .await
         .unwrap();
     plain.shutdown().unwrap();

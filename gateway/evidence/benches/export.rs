@@ -39,7 +39,7 @@ async fn main() {
             })
             .collect();
         i += batch.len() as i64;
-        store.append_batch(batch).await.unwrap();
+        store.append_batch(&batch).await.unwrap();
     }
     store.shutdown().unwrap();
     let out = dir.path().join("export");

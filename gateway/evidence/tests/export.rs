@@ -67,7 +67,7 @@ async fn fixture() -> Fixture {
         Arc::new(SoftwareKeyStore::open_or_create(&dir.path().join("keys")).unwrap());
     let store = dir.path().join("audit.db");
     let s = AuditStore::open_with(&store, StoreOptions::default(), keys.clone()).unwrap();
-    s.append_batch(records()).await.unwrap();
+    s.append_batch(&records()).await.unwrap();
     s.shutdown().unwrap();
     let out = dir.path().join("export");
     Fixture {

@@ -455,7 +455,7 @@ async fn audit_approvals(gw: Arc<Gateway>) {
             }
         }
         if !records.is_empty() {
-            if let Err(e) = gw.audit.append_batch(records).await {
+            if let Err(e) = gw.audit.append_batch(&records).await {
                 tracing::error!(error = %e, "could not record approval events");
             }
         }

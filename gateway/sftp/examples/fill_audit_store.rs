@@ -54,7 +54,7 @@ async fn main() {
             })
             .collect();
         i += batch.len() as i64;
-        store.append_batch(batch).await.unwrap();
+        store.append_batch(&batch).await.unwrap();
     }
     store.shutdown().unwrap();
     println!("{n} records in {}", dir.join("audit.db").display());

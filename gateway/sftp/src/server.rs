@@ -766,8 +766,9 @@ where
             sftp = Some(s);
             // Write-ahead: this slice's records are committed before its replies are sent.
             if !events.is_empty() {
-                let records = events.into_iter().map(|e| ctx.event_record(e)).collect();
-                if let Err(e) = ctx.shared.audit.append_batch(records).await {
+                let records: Vec<Record> =
+                    events.into_iter().map(|e| ctx.event_record(e)).collect();
+                if let Err(e) = ctx.shared.audit.append_batch(&records).await {
                     tracing::error!(error = %e, "sftp: audit store refused; session ends");
                     break 'session;
                 }
@@ -784,7 +785,7 @@ where
             .map(|e| ctx.event_record(e))
             .collect();
         if !left.is_empty() {
-            let _ = ctx.shared.audit.append_batch(left).await;
+            let _ = ctx.shared.audit.append_batch(&left).await;
         }
     }
 }

@@ -658,25 +658,18 @@ where
             }
         }
         if pos > 0 {
-            let seqs = match records.len() {
-                0 => Vec::new(),
-                // The usual case, one statement per read: `records` keeps its capacity
-                // (a record is large; regrowing the vector cost an allocation per statement).
-                1 => match records.pop() {
-                    Some(r) => vec![gw
-                        .audit
-                        .append(r)
-                        .await
-                        .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?],
-                    None => Vec::new(),
-                },
-                _ => {
-                    let batch = std::mem::take(&mut records);
-                    gw.audit
-                        .append_batch(batch)
-                        .await
-                        .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?
-                }
+            let seqs = if records.is_empty() {
+                Vec::new()
+            } else {
+                let seqs = gw
+                    .audit
+                    .append_batch(&records)
+                    .await
+                    .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?;
+                // Cleared, not replaced: a record is large, and a fresh vector per read cost
+                // an allocation per statement.
+                records.clear();
+                seqs
             };
             if !pending.is_empty() {
                 let now = Instant::now();
