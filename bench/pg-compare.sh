@@ -4,8 +4,10 @@
 # Usage: bench/pg-compare.sh [--quick] [--targets LIST] [--workloads LIST] [--duration SECONDS] [--rounds N] [--no-bulk] [--keep]
 #
 #   --quick            5 s per measured run instead of 20 s (1 s warm-ups)
-#   --targets LIST     comma-separated subset of: direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask,
-#                      gatehouse+policy (default: all). gatehouse masks vaulted credentials only (always on);
+#   --targets LIST     comma-separated subset of: direct,pgbouncer,bare-relay,gatehouse,gatehouse+tls,
+#                      gatehouse+mask,gatehouse+policy (default: all). bare-relay is a reference point, not
+#                      a product: a plain tokio TCP relay (gateway/gatehouse/examples/bare_relay.rs) with
+#                      no protocol, identity or audit, the floor any tokio proxy pays on this machine. gatehouse masks vaulted credentials only (always on);
 #                      gatehouse+policy goes to a second connection tagged environment=production, where
 #                      the example policy's presets and rules apply (every statement parsed and judged);
 #                      gatehouse+mask is the same gateway with every masking detector on (a masking
@@ -33,7 +35,7 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$BENCH_DIR/.." && pwd)"
 
 QUICK=0
-TARGETS_ARG="direct,pgbouncer,gatehouse,gatehouse+tls,gatehouse+mask,gatehouse+policy"
+TARGETS_ARG="direct,pgbouncer,bare-relay,gatehouse,gatehouse+tls,gatehouse+mask,gatehouse+policy"
 WORKLOADS_ARG="all"
 DURATION=""
 ROUNDS=1
@@ -70,7 +72,7 @@ JOBS="${BENCH_JOBS:-2}"
 BULK_ROWS=1000000
 BULK_REPEAT=3
 
-ALL_TARGETS=(direct pgbouncer gatehouse gatehouse+tls gatehouse+mask gatehouse+policy)
+ALL_TARGETS=(direct pgbouncer bare-relay gatehouse gatehouse+tls gatehouse+mask gatehouse+policy)
 TARGETS=()
 IFS=',' read -r -a _req <<<"$TARGETS_ARG"
 for t in "${ALL_TARGETS[@]}"; do            # canonical order, so interleaving is stable
@@ -117,6 +119,7 @@ PGDATA_DIR="$TMP/pg/data"
 PG_STARTED=0
 BOUNCER_PID=""
 GH_PID=""
+RELAY_PID=""
 declare -A T_PORT T_PASS T_SSL T_PID T_DB
 
 stop_pid() { # pid name
@@ -137,6 +140,7 @@ cleanup() {
     trap - EXIT INT TERM
     set +e
     stop_pid "$GH_PID" gatehouse
+    stop_pid "$RELAY_PID" bare-relay
     stop_pid "$BOUNCER_PID" pgbouncer
     if [[ $PG_STARTED == 1 ]]; then
         as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 30 stop >/dev/null 2>&1 \
@@ -198,7 +202,7 @@ proc_ticks() { # pid -> utime+stime (clock ticks, all threads incl. exited ones)
 }
 CLK_TCK="$(getconf CLK_TCK)"
 
-read -r PG_PORT BOUNCER_PORT GH_PORT GH_TLS_PORT < <(free_ports 4)
+read -r PG_PORT BOUNCER_PORT GH_PORT GH_TLS_PORT RELAY_PORT < <(free_ports 5)
 PG_SUPER_PW="$(randpw)"
 BENCH_PW="$(randpw)"
 DB=bench
@@ -343,6 +347,25 @@ EOF
     T_PID[pgbouncer]=$BOUNCER_PID
     wait_ready pgbouncer 15 || die "pgbouncer not usable"
     [[ "$(cat /proc/$BOUNCER_PID/comm)" == pgbouncer ]] || die "pid $BOUNCER_PID is not pgbouncer"
+fi
+
+# --------------------------------------------------------------------------------------------
+# 3b. bare tokio relay (reference point)
+# --------------------------------------------------------------------------------------------
+if has_target bare-relay; then
+    if [[ -n "${BARE_RELAY_BIN:-}" ]]; then
+        log "using BARE_RELAY_BIN=$BARE_RELAY_BIN"
+    else
+        export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gatehouse/target}"
+        log "building the bare relay (cargo build --release -p gatehouse --example bare_relay)"
+        (cd "$REPO" && cargo build --release -q -p gatehouse --example bare_relay) || die "cargo build (bare_relay) failed"
+        BARE_RELAY_BIN="$CARGO_TARGET_DIR/release/examples/bare_relay"
+    fi
+    "$BARE_RELAY_BIN" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" >"$TMP/bare-relay.log" 2>&1 &
+    RELAY_PID=$!
+    T_PORT[bare-relay]=$RELAY_PORT; T_PASS[bare-relay]=$BENCH_PW; T_SSL[bare-relay]=disable
+    T_PID[bare-relay]=$RELAY_PID
+    wait_ready bare-relay 15 || die "bare relay not usable"
 fi
 
 # --------------------------------------------------------------------------------------------

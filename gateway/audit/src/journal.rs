@@ -10,6 +10,14 @@
 //! [`crate::recover`] when no writer is running; it is emptied only after the SQLite WAL
 //! holding its rows has been fsynced, so a power loss never loses a row the journal held.
 //!
+//! It is two files, *segments*: `<db>.journal` and `<db>.journal.1`. Appends go to the
+//! active one; once it has grown past the segment size and the other is empty, appends
+//! move to the other, and the retired segment is emptied by the background thread as soon
+//! as everything in it is in SQLite. A single file could only be emptied at a moment when
+//! nothing was waiting for ingestion, which under sustained load never comes: the journal
+//! grew by hundreds of MB a minute, and every reader's [`crate::recover`] read it whole.
+//! Replay reads both segments and orders their rows by seq.
+//!
 //! ```text
 //! file  = frame*
 //! frame = version (1 byte, = 2) || len (u32 LE) || CRC-32 (IEEE) of payload (u32 LE)
@@ -25,9 +33,9 @@
 //! only has to find torn writes (a CRC, cheap on the statement's path); tampering is found by
 //! the hash chain, the seal and the signed checkpoints once the rows are in SQLite.
 //!
-//! The writer holds an exclusive `flock` on the journal for as long as it runs: a second
-//! writer is refused, and [`crate::recover`] knows whether a live writer will ingest the
-//! journal itself.
+//! The writer holds an exclusive `flock` on the first segment for as long as it runs: a
+//! second writer is refused, and [`crate::recover`] knows whether a live writer will ingest
+//! the journal itself.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -63,11 +71,14 @@ pub(crate) struct Row {
 /// The frame payload's fixed part: seq, prev_hash, hash, key_id, sealed.
 type Header = (Seq, [u8; 32], [u8; 32], Option<String>, Option<Vec<u8>>);
 
-/// The journal's path for the database at `db`: `<db>.journal`.
-pub(crate) fn path_for(db: &Path) -> PathBuf {
+/// The journal's segment paths for the database at `db`: `<db>.journal` (which also
+/// carries the lock) and `<db>.journal.1`.
+pub(crate) fn paths_for(db: &Path) -> [PathBuf; 2] {
     let mut p = db.as_os_str().to_owned();
     p.push(".journal");
-    PathBuf::from(p)
+    let first = PathBuf::from(p.clone());
+    p.push(".1");
+    [first, PathBuf::from(p)]
 }
 
 /// Appends `row` as one frame to `out`.
@@ -135,16 +146,33 @@ fn decode_frames(bytes: &[u8]) -> (Vec<Row>, usize) {
 /// The highest seq in the journal of `db`, read without its lock (the writer may be
 /// appending; a frame cut short by that is simply not counted). `None` if empty or absent.
 pub(crate) fn last_seq_unlocked(db: &Path) -> Result<Option<Seq>, AuditError> {
-    let mut bytes = Vec::new();
-    match File::open(path_for(db)) {
-        Ok(mut f) => {
-            f.read_to_end(&mut bytes)?;
+    let mut last = None;
+    for path in paths_for(db) {
+        let mut bytes = Vec::new();
+        match File::open(path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
+        let (rows, _) = decode_frames(&bytes);
+        last = last.max(rows.last().map(|r| r.seq));
     }
-    let (rows, _) = decode_frames(&bytes);
-    Ok(rows.last().map(|r| r.seq))
+    Ok(last)
+}
+
+/// True if a segment of the journal of `db` holds any bytes.
+pub(crate) fn any_unlocked(db: &Path) -> Result<bool, AuditError> {
+    for path in paths_for(db) {
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() > 0 => return Ok(true),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
 }
 
 fn decode_payload(payload: &[u8]) -> Option<Row> {
@@ -161,12 +189,70 @@ fn decode_payload(payload: &[u8]) -> Option<Row> {
     })
 }
 
-/// The open, locked journal of a running writer.
-pub(crate) struct Journal {
+/// One journal file.
+struct Segment {
+    /// Opened for appending (`O_APPEND`: a truncation through another descriptor moves the
+    /// next write back to the start).
     file: File,
     path: PathBuf,
     /// Bytes of whole frames in the file.
     len: u64,
+    /// The highest seq in the file, once known (`None` when empty).
+    last_seq: Option<Seq>,
+}
+
+impl Segment {
+    fn open(path: PathBuf) -> Result<Segment, AuditError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)?;
+        let len = file.metadata()?.len();
+        Ok(Segment {
+            file,
+            path,
+            len,
+            last_seq: None,
+        })
+    }
+
+    /// Reads every whole frame; cuts a torn tail off the file (with a warning).
+    fn read_all(&mut self) -> Result<Vec<Row>, AuditError> {
+        let mut bytes = Vec::new();
+        // A second descriptor: the locked one is append-only for writes but reads from 0.
+        File::open(&self.path)?.read_to_end(&mut bytes)?;
+        let (rows, valid) = decode_frames(&bytes);
+        if valid < bytes.len() {
+            tracing::warn!(
+                segment = %self.path.display(),
+                valid_bytes = valid,
+                torn_bytes = bytes.len() - valid,
+                "audit journal ends in a torn frame (a write cut short by a crash); cut off"
+            );
+            self.file.set_len(valid as u64)?;
+            self.file.sync_data()?;
+        }
+        self.len = valid as u64;
+        self.last_seq = rows.iter().map(|r| r.seq).max();
+        Ok(rows)
+    }
+
+    fn reset(&mut self) -> Result<(), AuditError> {
+        self.file.set_len(0)?;
+        self.file.sync_data()?;
+        self.len = 0;
+        self.last_seq = None;
+        Ok(())
+    }
+}
+
+/// The open, locked journal of a running writer.
+pub(crate) struct Journal {
+    segments: [Segment; 2],
+    /// The segment appends go to.
+    active: usize,
     /// Set when a failed append could not be cut back: nothing more may be appended.
     poisoned: bool,
 }
@@ -179,86 +265,109 @@ pub(crate) enum LockOutcome {
 }
 
 impl Journal {
-    /// Opens (creating, 0600) and locks the journal of `db`.
+    /// Opens (creating, 0600) both segments of the journal of `db` and locks it.
     pub(crate) fn lock(db: &Path) -> Result<LockOutcome, AuditError> {
-        let path = path_for(db);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let [first, second] = paths_for(db);
+        let first = Segment::open(first)?;
+        match rustix::fs::flock(
+            &first.file,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        ) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => return Ok(LockOutcome::Busy),
             Err(e) => return Err(std::io::Error::from(e).into()),
         }
-        let len = file.metadata()?.len();
+        let second = Segment::open(second)?;
         Ok(LockOutcome::Locked(Journal {
-            file,
-            path,
-            len,
+            segments: [first, second],
+            active: 0,
             poisoned: false,
         }))
     }
 
-    /// Reads every whole frame; cuts a torn tail off the file (with a warning).
+    /// Reads every whole frame of both segments, in seq order; cuts torn tails off.
     pub(crate) fn read_all(&mut self) -> Result<Vec<Row>, AuditError> {
-        let mut bytes = Vec::new();
-        // A second descriptor: the locked one is append-only for writes but reads from 0.
-        File::open(&self.path)?.read_to_end(&mut bytes)?;
-        let (rows, valid) = decode_frames(&bytes);
-        if valid < bytes.len() {
-            tracing::warn!(
-                valid_bytes = valid,
-                torn_bytes = bytes.len() - valid,
-                "audit journal ends in a torn frame (a write cut short by a crash); cut off"
-            );
-            self.file.set_len(valid as u64)?;
-            self.file.sync_data()?;
-        }
-        self.len = valid as u64;
+        let mut rows = self.segments[0].read_all()?;
+        rows.extend(self.segments[1].read_all()?);
+        rows.sort_by_key(|r| r.seq);
         Ok(rows)
     }
 
-    /// Appends whole frames with one `write(2)` (more only if the kernel writes short). On
-    /// failure the file is cut back to its last whole frame, so a later append never lands
-    /// behind garbage; if even that fails the journal refuses every later append.
-    pub(crate) fn append(&mut self, frames: &[u8]) -> Result<(), AuditError> {
+    /// Appends whole frames, whose highest seq is `last`, to the active segment with one
+    /// `write(2)` (more only if the kernel writes short). On failure the segment is cut back
+    /// to its last whole frame, so a later append never lands behind garbage; if even that
+    /// fails the journal refuses every later append.
+    pub(crate) fn append(&mut self, frames: &[u8], last: Seq) -> Result<(), AuditError> {
         if self.poisoned {
             return Err(AuditError::Io(std::io::Error::other(
                 "audit journal is unusable after a failed write",
             )));
         }
-        match self.file.write_all(frames) {
+        let seg = &mut self.segments[self.active];
+        match seg.file.write_all(frames) {
             Ok(()) => {
-                self.len += frames.len() as u64;
+                seg.len += frames.len() as u64;
+                seg.last_seq = Some(last);
                 Ok(())
             }
             Err(e) => {
-                self.cut_back();
+                if let Err(e) = seg.file.set_len(seg.len) {
+                    tracing::error!(error = %e, "audit journal could not be cut back; refusing appends");
+                    self.poisoned = true;
+                }
                 Err(e.into())
             }
         }
     }
 
-    fn cut_back(&mut self) {
-        if let Err(e) = self.file.set_len(self.len) {
-            tracing::error!(error = %e, "audit journal could not be cut back; refusing appends");
-            self.poisoned = true;
+    /// Bytes of whole frames in both segments.
+    pub(crate) fn len(&self) -> u64 {
+        self.segments[0].len + self.segments[1].len
+    }
+
+    /// Bytes of whole frames in each segment (for the fsync of what was written).
+    pub(crate) fn lens(&self) -> [u64; 2] {
+        [self.segments[0].len, self.segments[1].len]
+    }
+
+    /// Moves appends to the other segment if the active one holds at least `size` bytes and
+    /// the other is empty. Returns whether it did.
+    pub(crate) fn rotate(&mut self, size: u64) -> bool {
+        let other = 1 - self.active;
+        if self.segments[self.active].len >= size && self.segments[other].len == 0 {
+            self.active = other;
+            true
+        } else {
+            false
         }
     }
 
-    /// Length of the whole frames written so far.
-    pub(crate) fn len(&self) -> u64 {
-        self.len
+    /// The segment appends no longer go to, if it holds frames: its index and highest seq.
+    pub(crate) fn retired(&self) -> Option<(usize, Option<Seq>)> {
+        let other = 1 - self.active;
+        let seg = &self.segments[other];
+        (seg.len > 0).then_some((other, seg.last_seq))
     }
 
-    /// Empties the journal. Only after every row in it is in SQLite and the WAL is fsynced.
+    /// Notes that the retired segment `index` was emptied (by the background thread,
+    /// through its own descriptor, after everything in it reached SQLite).
+    pub(crate) fn emptied(&mut self, index: usize) {
+        debug_assert_ne!(
+            index, self.active,
+            "the active segment is never emptied alone"
+        );
+        if index != self.active {
+            self.segments[index].len = 0;
+            self.segments[index].last_seq = None;
+        }
+    }
+
+    /// Empties both segments. Only after every row in them is in SQLite and the WAL is
+    /// fsynced.
     pub(crate) fn reset(&mut self) -> Result<(), AuditError> {
-        self.file.set_len(0)?;
-        self.file.sync_data()?;
-        self.len = 0;
+        self.segments[0].reset()?;
+        self.segments[1].reset()?;
+        self.active = 0;
         Ok(())
     }
 }
@@ -345,18 +454,75 @@ mod tests {
         let mut frames = Vec::new();
         encode_frame(&row(1), &mut frames).unwrap();
         encode_frame(&row(2), &mut frames).unwrap();
-        j.append(&frames).unwrap();
-        j.append(&frames[..7]).unwrap(); // a torn tail, as a crash mid-write leaves it
+        j.append(&frames, 2).unwrap();
+        j.append(&frames[..7], 2).unwrap(); // a torn tail, as a crash mid-write leaves it
         drop(j);
         let LockOutcome::Locked(mut j) = Journal::lock(&db).unwrap() else {
             panic!("journal still busy after its holder closed it")
         };
         assert_eq!(j.read_all().unwrap(), vec![row(1), row(2)]);
         assert_eq!(
-            std::fs::metadata(path_for(&db)).unwrap().len(),
+            std::fs::metadata(&paths_for(&db)[0]).unwrap().len(),
             frames.len() as u64
         );
         j.reset().unwrap();
         assert!(j.read_all().unwrap().is_empty());
+    }
+
+    /// Appends move to the other segment once the active one is full and the other empty;
+    /// a retired segment reports its highest seq; replay reads both in seq order; a torn
+    /// tail in either is cut off without touching the other.
+    #[test]
+    fn segments_rotate_and_replay_in_seq_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let LockOutcome::Locked(mut j) = Journal::lock(&db).unwrap() else {
+            panic!("fresh journal is busy")
+        };
+        let frame = |s: Seq| {
+            let mut f = Vec::new();
+            encode_frame(&row(s), &mut f).unwrap();
+            f
+        };
+        let one = frame(1).len() as u64;
+        j.append(&frame(1), 1).unwrap();
+        assert!(!j.rotate(2 * one), "below the segment size");
+        j.append(&frame(2), 2).unwrap();
+        assert_eq!(j.retired(), None);
+        assert!(j.rotate(2 * one));
+        assert_eq!(j.retired(), Some((0, Some(2))));
+        j.append(&frame(3), 3).unwrap();
+        j.append(&frame(4), 4).unwrap();
+        // The other segment still holds rows: no rotation back onto them.
+        assert!(!j.rotate(one));
+        assert_eq!(j.lens(), [2 * one, 2 * one]);
+        let [first, second] = paths_for(&db);
+        assert_eq!(std::fs::metadata(&second).unwrap().len(), 2 * one);
+        // The background thread empties the retired segment through its own descriptor;
+        // the next rotation goes back to it and appends start at its beginning.
+        OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        j.emptied(0);
+        assert_eq!(j.retired(), None);
+        assert!(j.rotate(one));
+        j.append(&frame(5), 5).unwrap();
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), one);
+        assert_eq!(j.retired(), Some((1, Some(4))));
+        assert_eq!(last_seq_unlocked(&db).unwrap(), Some(5));
+        // A crash: the newer segment ends in a torn frame.
+        j.append(&frame(6)[..5], 6).unwrap();
+        drop(j);
+        let LockOutcome::Locked(mut j) = Journal::lock(&db).unwrap() else {
+            panic!("journal still busy after its holder closed it")
+        };
+        assert_eq!(j.read_all().unwrap(), vec![row(3), row(4), row(5)]);
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), one);
+        assert_eq!(j.len(), 3 * one);
+        j.reset().unwrap();
+        assert!(!any_unlocked(&db).unwrap());
     }
 }

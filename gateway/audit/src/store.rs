@@ -53,6 +53,10 @@ pub struct StoreOptions {
     pub ingest_window: Duration,
     /// Ingest at once when this many journaled records wait. At least 1.
     pub ingest_batch: usize,
+    /// Appends move to the journal's other segment once the active one holds this many
+    /// bytes (and the other is empty); a retired segment is emptied as soon as its rows are
+    /// in SQLite. Bounds the journal's size under sustained load to about twice this.
+    pub journal_segment_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -65,6 +69,7 @@ impl Default for StoreOptions {
             checkpoint_interval: Duration::from_secs(60),
             ingest_window: Duration::from_millis(5),
             ingest_batch: 2048,
+            journal_segment_bytes: 4 << 20,
         }
     }
 }
@@ -277,7 +282,7 @@ impl Log {
         // A journal unlinked or replaced under the store would take acknowledged records
         // with it at a crash: the background thread checks its identity at every ingestion
         // (a `stat(2)` here would cost every statement) and sets `journal_gone`.
-        let written = built.and_then(|()| self.journal.append(&self.frames));
+        let written = built.and_then(|()| self.journal.append(&self.frames, seq));
         if let Err(e) = written {
             self.pending.truncate(pending_before);
             return Err(AuditError::GroupFailed(Arc::new(e)));
@@ -504,15 +509,25 @@ impl AuditStore {
                 journal,
             }),
         });
-        let sync_file = std::fs::File::open(journal::path_for(path))?;
+        let journal_paths = journal::paths_for(path);
+        let segment_files = [
+            OpenOptions::new().write(true).open(&journal_paths[0])?,
+            OpenOptions::new().write(true).open(&journal_paths[1])?,
+        ];
+        let journal_files = [
+            FileIdentity::of(&journal_paths[0])?,
+            FileIdentity::of(&journal_paths[1])?,
+        ];
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             conn,
             rx,
             shared: Arc::clone(&shared),
-            sync_file,
+            segment_files,
+            synced: [0, 0],
+            ingested_seq: last_seq,
             file: FileIdentity::of(path)?,
-            journal_file: FileIdentity::of(&journal::path_for(path))?,
+            journal_files,
             spare: Vec::new(),
             path: path.to_owned(),
             keys,
@@ -725,12 +740,17 @@ struct Writer {
     conn: Connection,
     rx: mpsc::Receiver<Msg>,
     shared: Arc<Shared>,
-    /// A second descriptor of the journal, for fsync without holding the log.
-    sync_file: std::fs::File,
+    /// Second descriptors of the journal's segments, for fsync and for emptying a retired
+    /// segment without holding the log.
+    segment_files: [std::fs::File; 2],
+    /// Each segment's length at its last fsync (what a new fsync would have to cover).
+    synced: [u64; 2],
+    /// The highest seq ingested into SQLite.
+    ingested_seq: Seq,
     /// Identity of the database file at open.
     file: FileIdentity,
-    /// Identity of the journal file at open, checked at every ingestion.
-    journal_file: FileIdentity,
+    /// Identity of the journal's segment files at open, checked at every ingestion.
+    journal_files: [FileIdentity; 2],
     /// The queue vector of the previous ingestion, emptied, to be swapped in next time.
     spare: Vec<Row>,
     path: PathBuf,
@@ -864,7 +884,7 @@ impl Writer {
         }
         if !syncs.is_empty() {
             // One fsync for every append that waits: group commit across sessions.
-            let r = self.sync_file.sync_data();
+            let r = self.sync_journal();
             for ack in syncs {
                 let _ = ack.send(match &r {
                     Ok(()) => Ok(()),
@@ -893,7 +913,7 @@ impl Writer {
             self.sync_at = None;
             let since = self.shared.log().unsynced_since.take();
             if since.is_some() {
-                if let Err(e) = self.sync_file.sync_data() {
+                if let Err(e) = self.sync_journal() {
                     tracing::error!(error = %e, "audit journal fsync failed");
                     let mut log = self.shared.log();
                     log.unsynced_since = since.min(log.unsynced_since).or(since);
@@ -937,6 +957,9 @@ impl Writer {
             }
             // Everything pending is taken now: the next append must wake this thread again.
             log.wake_sent = false;
+            // Rotating here, with the rows taken, leaves the retired segment holding only
+            // rows of this ingestion: it can be emptied as soon as they are in SQLite.
+            log.journal.rotate(self.opts.journal_segment_bytes);
             let snapshot = Snapshot {
                 size: log.merkle.size(),
                 root: log.merkle.root(),
@@ -961,6 +984,9 @@ impl Writer {
         match inserted {
             Ok(()) => {
                 let mut rows = rows;
+                if let Some(last) = rows.last() {
+                    self.ingested_seq = last.seq;
+                }
                 rows.clear();
                 self.spare = rows;
                 self.ingested = snapshot.size;
@@ -969,10 +995,12 @@ impl Writer {
                     self.shared.healthy.store(true, Ordering::Release);
                     tracing::info!("audit store recovered: journal ingested");
                 }
-                let reset_due = log.pending.is_empty() && log.journal.len() >= JOURNAL_RESET_BYTES;
+                let retired = log.journal.retired();
                 drop(log);
-                if reset_due {
-                    self.reset_journal();
+                if let Some((index, last)) = retired {
+                    if last.is_some_and(|l| l <= self.ingested_seq) {
+                        self.empty_segment(index);
+                    }
                 }
                 Ok(snapshot)
             }
@@ -1004,7 +1032,10 @@ impl Writer {
     /// its directory): what is journaled from then on would not survive a crash. Records
     /// acknowledged since then are in memory and still ingested.
     fn check_journal(&self) {
-        if let Err(e) = self.journal_file.check() {
+        let checked = self.journal_files[0]
+            .check()
+            .and_then(|()| self.journal_files[1].check());
+        if let Err(e) = checked {
             let mut log = self.shared.log();
             if !log.journal_gone {
                 log.journal_gone = true;
@@ -1053,6 +1084,36 @@ impl Writer {
         self.file.check()
     }
 
+    /// fsync of every journal segment written since its last fsync.
+    fn sync_journal(&mut self) -> std::io::Result<()> {
+        let lens = self.shared.log().journal.lens();
+        for (i, len) in lens.into_iter().enumerate() {
+            if len != self.synced[i] {
+                self.segment_files[i].sync_data()?;
+                self.synced[i] = len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties the retired segment `index`, every row of which is in SQLite: fsync the WAL
+    /// first (so a power loss cannot take rows the journal no longer holds), then truncate
+    /// through this thread's own descriptor. Appends go to the other segment meanwhile, so
+    /// nothing waits for it.
+    fn empty_segment(&mut self, index: usize) {
+        if let Err(e) = self.sync_wal() {
+            tracing::error!(error = %e, "audit WAL fsync failed; journal segment kept");
+            return;
+        }
+        let file = &self.segment_files[index];
+        if let Err(e) = file.set_len(0).and_then(|()| file.sync_data()) {
+            tracing::error!(error = %e, "audit journal segment could not be emptied");
+            return;
+        }
+        self.synced[index] = 0;
+        self.shared.log().journal.emptied(index);
+    }
+
     /// Empties the journal once everything in it is in SQLite: fsync the WAL first (so a
     /// power loss cannot take rows the journal no longer holds), then truncate.
     fn reset_journal(&mut self) {
@@ -1067,6 +1128,7 @@ impl Writer {
                 tracing::error!(error = %e, "audit journal could not be emptied");
             } else {
                 log.unsynced_since = None;
+                self.synced = [0, 0];
             }
         }
     }
@@ -1128,7 +1190,7 @@ impl Writer {
         let pending = !self.shared.log().pending.is_empty();
         if pending {
             // Kept in the journal, replayed at the next open.
-            if let Err(e) = self.sync_file.sync_data() {
+            if let Err(e) = self.sync_journal() {
                 tracing::error!(error = %e, "audit journal fsync at shutdown failed");
             }
         } else {
@@ -1172,10 +1234,6 @@ fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditError
     Ok(conn)
 }
 
-/// The journal is emptied (after an fsync of the WAL) once it is this large and everything
-/// in it is ingested.
-const JOURNAL_RESET_BYTES: u64 = 4 << 20;
-
 /// Replays the journal's rows that the database lacks (after a crash), makes them durable in
 /// SQLite and empties the journal. Returns how many rows were inserted.
 fn replay_journal(
@@ -1205,12 +1263,8 @@ fn replay_journal(
 /// records were moved into the database.
 pub fn recover(path: &Path) -> Result<usize, AuditError> {
     migrate_if_old(path)?;
-    let jpath = journal::path_for(path);
-    match std::fs::metadata(&jpath) {
-        Ok(m) if m.len() > 0 => {}
-        Ok(_) => return Ok(0),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e.into()),
+    if !journal::any_unlocked(path)? {
+        return Ok(0);
     }
     let mut journal = match Journal::lock(path)? {
         LockOutcome::Locked(j) => j,
