@@ -24,7 +24,8 @@
 #
 # Environment: GATEHOUSE_BIN (use this binary, skip the build), CARGO_TARGET_DIR (default
 # ~/.cache/gatehouse/target), BENCH_SCALE (pgbench scale, default 10), BENCH_CLIENTS (default 8),
-# BENCH_JOBS (default 2), BENCH_GH_EXTRA_TOML (appended to the gatehouse config).
+# BENCH_JOBS (default 2), BENCH_GH_EXTRA_TOML (appended to the gatehouse config),
+# BENCH_GH_WORKER_THREADS (gateway.worker_threads; default: one per CPU).
 #
 # Everything (PostgreSQL, pgbouncer, gatehouse) runs on 127.0.0.1 on free ports, in a temp dir,
 # and is torn down on exit, also on failure or Ctrl-C. Results: stdout and bench/results/latest.md.
@@ -382,6 +383,7 @@ if [[ $NEED_GH == 1 ]]; then
 [gateway]
 name = "bench"
 data_dir = "$GH_DIR/data"
+${BENCH_GH_WORKER_THREADS:+worker_threads = $BENCH_GH_WORKER_THREADS}
 
 [[listeners]]
 name = "bench-plain"
@@ -611,7 +613,7 @@ print()
 print("- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')")
 print("- machine: $(nproc) CPUs, ${CPU_MODEL}, $(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 )) MiB RAM, load average at end: $(cut -d' ' -f1-3 /proc/loadavg)")
 print("- postgres: ${PG_VERSION}; pgbouncer: ${BOUNCER_VERSION} (session mode, SCRAM); pgbench: $(pgbench --version)")
-print("- gatehouse: ${GH_VERSION}, git rev ${GIT_REV} (${GIT_DIRTY} uncommitted/untracked paths)")
+print("- gatehouse: ${GH_VERSION}, git rev ${GIT_REV} (${GIT_DIRTY} uncommitted/untracked paths); worker_threads: ${BENCH_GH_WORKER_THREADS:-one per CPU}")
 print("- command: \`${ORIG_CMD}\`")
 print("- pgbench: scale ${SCALE}, -c ${CLIENTS} -j ${JOBS} -T ${DURATION} (warm-up ${WARMUP} s per run), targets interleaved per workload, ${ROUNDS} round(s); all processes on 127.0.0.1 sharing the same CPUs")
 if ${ROUNDS} > 1:

@@ -8,12 +8,13 @@
 //! - **Only this crate knows SQLite.** Callers see records, sequence numbers and typed errors;
 //!   the schema, the SQL and the file format stay in here (`schema.rs` alone names columns).
 //! - **A record acknowledged is journaled.** `append` resolves `Ok(seq)` only after the
-//!   record's frame is written to the journal (`<db>.journal`, one `write(2)` per append):
+//!   record's frame is written to the journal (two segments, `<db>.journal` and
+//!   `<db>.journal.1`; one `write(2)` per append to the active one):
 //!   durable against process crashes at once, against power loss after the sync window
 //!   ([`Synchronous::Normal`]) or before the acknowledgement ([`Synchronous::Full`], one
 //!   fsync shared by every append waiting). The journal is replayed into SQLite at open, and
-//!   by [`recover`] when no writer runs; it is emptied only after the WAL holding its rows
-//!   is fsynced.
+//!   by [`recover`] when no writer runs; a segment is emptied only after the WAL holding its
+//!   rows is fsynced.
 //! - **Fail closed.** If an append's write fails, nothing of it is kept (the journal is cut
 //!   back to its last whole frame) and the caller gets an error; if ingestion into SQLite
 //!   fails, the journaled rows are kept and every new append is refused until an ingestion
@@ -28,7 +29,10 @@
 //! journal and returns: no thread hand-off on the statement's path. A background thread moves
 //! journaled rows into SQLite in one transaction every [`StoreOptions::ingest_window`] (or at
 //! [`StoreOptions::ingest_batch`] rows), fsyncs the journal, writes checkpoints (of what it
-//! has ingested) and empties the journal when it has grown. Readers see a record once it is
+//! has ingested) and, once the active segment has reached
+//! [`StoreOptions::journal_segment_bytes`], moves appends to the other segment and empties
+//! the retired one as soon as its rows are in SQLite, so the journal stays near two segments'
+//! size under sustained load. Readers see a record once it is
 //! ingested; [`AuditStore::flush`] forces that. `append_nowait` records (outcomes, session
 //! ends) are kept in memory and journaled with the next append or ingestion.
 //!

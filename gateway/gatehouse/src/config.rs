@@ -167,7 +167,14 @@ pub struct GatewayConfig {
     /// Pet the board's watchdog (`/dev/watchdog`) when the board has one (the appliance).
     #[serde(default)]
     pub watchdog: bool,
+    /// Threads of the runtime that runs sessions, the API and the console (`None`: one per
+    /// CPU). The audit store's background thread comes on top.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
+
+/// More runtime threads than this is a typo, not a tuning.
+const MAX_WORKER_THREADS: usize = 256;
 
 fn default_gateway_name() -> String {
     "gatehouse".into()
@@ -466,6 +473,13 @@ impl Config {
                 self.gateway.name
             ));
         }
+        if let Some(n) = self.gateway.worker_threads {
+            if !(1..=MAX_WORKER_THREADS).contains(&n) {
+                return Err(format!(
+                    "gateway.worker_threads must be 1-{MAX_WORKER_THREADS} (got {n})"
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for l in &self.listeners {
             if !valid_name(&l.name) {
@@ -656,7 +670,24 @@ tags = { environment = "production" }
         assert_eq!(conn.tls, UpstreamTls::VerifyFull);
         assert_eq!(conn.tags["environment"], "production");
         assert_eq!(c.config.gateway.name, "gatehouse");
+        assert_eq!(c.config.gateway.worker_threads, None);
         assert_eq!(c.hash.len(), 64);
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        let with = |n: &str| {
+            load(&BASE.replace(
+                "data_dir = \"/tmp/x\"",
+                &format!("data_dir = \"/tmp/x\"\nworker_threads = {n}"),
+            ))
+        };
+        assert_eq!(with("1").unwrap().config.gateway.worker_threads, Some(1));
+        assert_eq!(with("8").unwrap().config.gateway.worker_threads, Some(8));
+        let e = with("0").unwrap_err();
+        assert!(e.to_string().contains("worker_threads"), "{e}");
+        assert!(with("100000").is_err());
+        assert!(with("-1").is_err());
     }
 
     #[test]

@@ -31,10 +31,11 @@ pub fn init_logging(format: LogFormat) {
 pub fn main(config_path: &Path) -> anyhow::Result<()> {
     let loaded = LoadedConfig::load(config_path)?;
     init_logging(loaded.config.gateway.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("gatehouse")
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = loaded.config.gateway.worker_threads {
+        builder.worker_threads(n);
+    }
+    let rt = builder.enable_all().thread_name("gatehouse").build()?;
     let pid_file = loaded.config.pid_path();
     let pid_written = pid_file.clone();
     let result = rt.block_on(async move {
