@@ -20,6 +20,9 @@
 #                      the report shows medians and each target's per-round ratio to pgbouncer
 #                      (min-max), since on a shared machine single runs swing by 10-20%
 #   --no-bulk          skip the 1,000,000-row bulk-fetch measurements
+#   --pin              pin PostgreSQL and pgbench to CPU 0 and every proxy to CPU 1 (taskset), as
+#                      on the appliance, where the gateway has CPUs of its own; a supplement to the
+#                      default run (everything sharing all CPUs), not a replacement for it
 #   --keep             keep the temporary directory (logs, pgbench logs) for inspection
 #
 # Environment: GATEHOUSE_BIN (use this binary, skip the build), CARGO_TARGET_DIR (default
@@ -42,6 +45,7 @@ DURATION=""
 ROUNDS=1
 DO_BULK=1
 KEEP=0
+PIN=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -55,6 +59,7 @@ while [[ $# -gt 0 ]]; do
         --rounds=*) ROUNDS="${1#*=}" ;;
         --no-bulk) DO_BULK=0 ;;
         --keep) KEEP=1 ;;
+        --pin) PIN=1 ;;
         -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "pg-compare: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -210,10 +215,19 @@ DB=bench
 
 # libpq connection helpers -------------------------------------------------------------------
 # run_as_target TARGET cmd... : runs cmd with PGHOST/PGPORT/PGUSER/PGDATABASE/PGPASSWORD/PGSSLMODE set
+# With --pin, pgbench runs through $ON_DB_CPU (taskset to CPU 0) and every proxy is started
+# through $ON_PROXY_CPU (CPU 1), so it sizes itself to the one CPU it has (tokio's runtime
+# counts the CPUs it may run on), as it would on a machine of its own.
+ON_DB_CPU=()
+ON_PROXY_CPU=()
+check_pinned() { # pid: the process must be on CPU 1 only (taskset execs, so $! is the proxy)
+    [[ $PIN == 1 ]] || return 0
+    [[ "$(taskset -p "$1" | awk '{print $NF}')" == 2 ]] || die "pid $1 is not pinned to CPU 1"
+}
 run_as_target() {
     local t="$1"; shift
     PGHOST=127.0.0.1 PGPORT="${T_PORT[$t]}" PGUSER=bench PGDATABASE="${T_DB[$t]:-$DB}" \
-        PGPASSWORD="${T_PASS[$t]}" PGSSLMODE="${T_SSL[$t]}" PGCONNECT_TIMEOUT=10 "$@"
+        PGPASSWORD="${T_PASS[$t]}" PGSSLMODE="${T_SSL[$t]}" PGCONNECT_TIMEOUT=10 "${ON_DB_CPU[@]}" "$@"
 }
 psql_super() {
     PGHOST=127.0.0.1 PGPORT="$PG_PORT" PGUSER=postgres PGDATABASE=postgres PGPASSWORD="$PG_SUPER_PW" \
@@ -272,7 +286,15 @@ unix_socket_directories = ''
 password_encryption = 'scram-sha-256'
 shared_buffers = '256MB'
 EOF
-as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$TMP/pg/log" -w -t 60 start >/dev/null \
+if [[ $PIN == 1 ]]; then
+    command -v taskset >/dev/null || die "--pin needs taskset (util-linux)"
+    [[ $(nproc) -ge 2 ]] || die "--pin needs at least 2 CPUs"
+    ON_DB_CPU=(taskset -c 0)
+    ON_PROXY_CPU=(taskset -c 1)
+    log "pinned: PostgreSQL and pgbench to CPU 0, proxies to CPU 1"
+fi
+# With --pin every PostgreSQL process (postmaster, backends, workers) inherits CPU 0.
+as_pg "${ON_DB_CPU[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$TMP/pg/log" -w -t 60 start >/dev/null \
     || die "PostgreSQL did not start"
 PG_STARTED=1
 
@@ -342,10 +364,11 @@ EOF
     chown -R "$BOUNCER_USER" "$TMP/bouncer"
     chmod 700 "$TMP/bouncer"
     log "pgbouncer: $BOUNCER_VERSION, port $BOUNCER_PORT, as $BOUNCER_USER"
-    "${AS_BOUNCER[@]}" "$PGBOUNCER" "$TMP/bouncer/pgbouncer.ini" >"$TMP/bouncer/log" 2>&1 &
+    "${ON_PROXY_CPU[@]}" "${AS_BOUNCER[@]}" "$PGBOUNCER" "$TMP/bouncer/pgbouncer.ini" >"$TMP/bouncer/log" 2>&1 &
     BOUNCER_PID=$!
     T_PORT[pgbouncer]=$BOUNCER_PORT; T_PASS[pgbouncer]=$BENCH_PW; T_SSL[pgbouncer]=disable
     T_PID[pgbouncer]=$BOUNCER_PID
+    check_pinned "$BOUNCER_PID"
     wait_ready pgbouncer 15 || die "pgbouncer not usable"
     [[ "$(cat /proc/$BOUNCER_PID/comm)" == pgbouncer ]] || die "pid $BOUNCER_PID is not pgbouncer"
 fi
@@ -362,10 +385,11 @@ if has_target bare-relay; then
         (cd "$REPO" && cargo build --release -q -p gatehouse --example bare_relay) || die "cargo build (bare_relay) failed"
         BARE_RELAY_BIN="$CARGO_TARGET_DIR/release/examples/bare_relay"
     fi
-    "$BARE_RELAY_BIN" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" >"$TMP/bare-relay.log" 2>&1 &
+    "${ON_PROXY_CPU[@]}" "$BARE_RELAY_BIN" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" >"$TMP/bare-relay.log" 2>&1 &
     RELAY_PID=$!
     T_PORT[bare-relay]=$RELAY_PORT; T_PASS[bare-relay]=$BENCH_PW; T_SSL[bare-relay]=disable
     T_PID[bare-relay]=$RELAY_PID
+    check_pinned "$RELAY_PID"
     wait_ready bare-relay 15 || die "bare relay not usable"
 fi
 
@@ -460,8 +484,9 @@ tls = \"disable\""
         | grep -oE 'eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+' | tail -n1)"
     [[ -n "$GH_MASK_TOKEN" ]] || die "gatehouse token --groups masked printed nothing"
     log "gatehouse: $GH_VERSION, serve on port $GH_PORT$(has_target gatehouse+tls && echo " (tls $GH_TLS_PORT)" || true)"
-    "$GATEHOUSE_BIN" --config "$GH_CFG" serve >"$GH_DIR/serve.log" 2>&1 &
+    "${ON_PROXY_CPU[@]}" "$GATEHOUSE_BIN" --config "$GH_CFG" serve >"$GH_DIR/serve.log" 2>&1 &
     GH_PID=$!
+    check_pinned "$GH_PID"
     T_PORT[gatehouse]=$GH_PORT; T_PASS[gatehouse]=$GH_TOKEN; T_SSL[gatehouse]=disable; T_PID[gatehouse]=$GH_PID
     T_PORT[gatehouse+tls]=$GH_TLS_PORT; T_PASS[gatehouse+tls]=$GH_TOKEN; T_SSL[gatehouse+tls]=require
     T_PID[gatehouse+tls]=$GH_PID
@@ -615,7 +640,7 @@ print("- machine: $(nproc) CPUs, ${CPU_MODEL}, $(( $(awk '/MemTotal/ {print $2}'
 print("- postgres: ${PG_VERSION}; pgbouncer: ${BOUNCER_VERSION} (session mode, SCRAM); pgbench: $(pgbench --version)")
 print("- gatehouse: ${GH_VERSION}, git rev ${GIT_REV} (${GIT_DIRTY} uncommitted/untracked paths); worker_threads: ${BENCH_GH_WORKER_THREADS:-one per CPU}")
 print("- command: \`${ORIG_CMD}\`")
-print("- pgbench: scale ${SCALE}, -c ${CLIENTS} -j ${JOBS} -T ${DURATION} (warm-up ${WARMUP} s per run), targets interleaved per workload, ${ROUNDS} round(s); all processes on 127.0.0.1 sharing the same CPUs")
+print("- pgbench: scale ${SCALE}, -c ${CLIENTS} -j ${JOBS} -T ${DURATION} (warm-up ${WARMUP} s per run), targets interleaved per workload, ${ROUNDS} round(s); all processes on 127.0.0.1 $( [[ $PIN == 1 ]] && echo "pinned (--pin): PostgreSQL and pgbench on CPU 0, each proxy on CPU 1" || echo "sharing the same CPUs" )")
 if ${ROUNDS} > 1:
     print("- with several rounds: TPS, latencies and CPU are medians over the rounds; 'vs pgbouncer' is the median of the per-round ratios (each target against pgbouncer in the same round), 'per round' their range")
 print("- latency percentiles from pgbench -l per-transaction logs; proxy CPU = utime+stime of the proxy process (all threads) over the measured run / transactions")
