@@ -127,13 +127,15 @@ class PgRaw:
         body += b"\x00"
         self.send(struct.pack("!I", len(body) + 4) + body)
 
-    def login(self, user: str | None, password: str | None, database: str | None) -> LoginResult:
+    def login(self, user: str | None, password: str | None, database: str | None,
+              extra: dict[str, str] | None = None) -> LoginResult:
         params: dict[str, str] = {}
         if user is not None:
             params["user"] = user
         if database is not None:
             params["database"] = database
         params["application_name"] = "pgraw"
+        params.update(extra or {})
         self.startup(params)
         result = LoginResult(ok=False)
         while True:
@@ -160,9 +162,13 @@ class PgRaw:
                 result.ok = True
                 return result
 
-    def query(self, sql: str) -> tuple[list[Message], Message | None]:
+    def query(self, sql: str | bytes) -> tuple[list[Message], Message | None]:
         """Simple query; returns (messages up to ReadyForQuery, first ErrorResponse or None)."""
-        self.send_msg(b"Q", sql.encode() + b"\x00")
+        self.send_msg(b"Q", (sql if isinstance(sql, bytes) else sql.encode()) + b"\x00")
+        return self.until_ready()
+
+    def until_ready(self) -> tuple[list[Message], Message | None]:
+        """Messages up to the next ReadyForQuery, and the first ErrorResponse among them."""
         msgs: list[Message] = []
         err = None
         while True:
@@ -174,6 +180,48 @@ class PgRaw:
                 err = m
             if m.type == "Z":
                 return msgs, err
+
+    # -- extended protocol (raw, for tests that need exact control) --------------------
+    @staticmethod
+    def parse_msg(name: str, sql: str | bytes, types: list[int] | None = None) -> bytes:
+        body = name.encode() + b"\x00" + (sql if isinstance(sql, bytes) else sql.encode()) + b"\x00"
+        types = types or []
+        body += struct.pack("!h", len(types)) + b"".join(struct.pack("!i", t) for t in types)
+        return b"P" + struct.pack("!I", len(body) + 4) + body
+
+    @staticmethod
+    def bind_msg(portal: str, stmt: str, params: list[bytes | None] | None = None,
+                 result_formats: list[int] | None = None) -> bytes:
+        params = params or []
+        result_formats = result_formats or []
+        body = portal.encode() + b"\x00" + stmt.encode() + b"\x00" + struct.pack("!h", 0)
+        body += struct.pack("!h", len(params))
+        for p in params:
+            body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
+        body += struct.pack("!h", len(result_formats)) + b"".join(struct.pack("!h", f) for f in result_formats)
+        return b"B" + struct.pack("!I", len(body) + 4) + body
+
+    @staticmethod
+    def describe_msg(kind: str, name: str) -> bytes:
+        body = kind.encode() + name.encode() + b"\x00"
+        return b"D" + struct.pack("!I", len(body) + 4) + body
+
+    @staticmethod
+    def execute_msg(portal: str = "", max_rows: int = 0) -> bytes:
+        body = portal.encode() + b"\x00" + struct.pack("!i", max_rows)
+        return b"E" + struct.pack("!I", len(body) + 4) + body
+
+    @staticmethod
+    def sync_msg() -> bytes:
+        return b"S\x00\x00\x00\x04"
+
+    @staticmethod
+    def function_call_msg(oid: int, args: list[bytes | None], result_format: int = 0) -> bytes:
+        body = struct.pack("!i", oid) + struct.pack("!h", 0) + struct.pack("!h", len(args))
+        for a in args:
+            body += struct.pack("!i", -1) if a is None else struct.pack("!i", len(a)) + a
+        body += struct.pack("!h", result_format)
+        return b"F" + struct.pack("!I", len(body) + 4) + body
 
     def terminate(self) -> None:
         try:

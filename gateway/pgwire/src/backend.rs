@@ -112,6 +112,30 @@ pub fn decode_parameter_status(body: &[u8]) -> Result<(&str, &str), ProtocolErro
     Ok((k, v))
 }
 
+/// Decodes a FunctionCallResponse (`V`) body: the result value, `None` for NULL.
+pub fn decode_function_call_response(body: &[u8]) -> Result<Option<&[u8]>, ProtocolError> {
+    let mut r = Reader::new(body, "FunctionCallResponse");
+    let len = r.i32()?;
+    let v = match len {
+        -1 => None,
+        n if n < -1 => return Err(ProtocolError::Malformed("FunctionCallResponse")),
+        n => Some(r.bytes(n as usize)?),
+    };
+    r.finish()?;
+    Ok(v)
+}
+
+/// Encodes a FunctionCallResponse (`V`).
+pub fn encode_function_call_response(out: &mut BytesMut, value: Option<&[u8]>) {
+    put_typed(out, b'V', |o| match value {
+        Some(v) => {
+            o.put_i32(v.len() as i32);
+            o.extend_from_slice(v);
+        }
+        None => o.put_i32(-1),
+    });
+}
+
 /// Decodes a CommandComplete (`C`) body: the command tag, e.g. `SELECT 5`, `INSERT 0 1`.
 pub fn decode_command_complete(body: &[u8]) -> Result<&str, ProtocolError> {
     let mut r = Reader::new(body, "CommandComplete");

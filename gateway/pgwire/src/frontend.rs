@@ -9,12 +9,13 @@ use crate::{put_cstr, put_typed, Frame, ProtocolError, Reader};
 /// are not copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrontendMessage<'a> {
-    /// `Q`: simple query.
-    Query { sql: &'a str },
-    /// `P`: Parse.
+    /// `Q`: simple query. The text is raw bytes in the session's `client_encoding`: only the
+    /// server's settings say how to read it (see `gatehouse_sql::decode_statement`).
+    Query { sql: &'a [u8] },
+    /// `P`: Parse (statement text as raw bytes, like `Query`).
     Parse {
         statement: &'a str,
-        sql: &'a str,
+        sql: &'a [u8],
         param_types: Vec<i32>,
     },
     /// `B`: Bind (parameter values are not decoded).
@@ -41,8 +42,8 @@ pub enum FrontendMessage<'a> {
     CopyDone,
     /// `f`: CopyFail.
     CopyFail { message: &'a str },
-    /// `F`: FunctionCall (fast-path function call by OID).
-    FunctionCall { oid: i32 },
+    /// `F`: FunctionCall (fast-path function call by OID); arguments are not decoded.
+    FunctionCall { oid: u32, result_format: i16 },
     /// `p`: PasswordMessage, SASLInitialResponse or SASLResponse; the meaning depends on state.
     Password { body: &'a [u8] },
 }
@@ -54,14 +55,14 @@ impl<'a> FrontendMessage<'a> {
         Ok(match frame.tag {
             b'Q' => {
                 let mut r = Reader::new(body, "Query");
-                let sql = r.cstr()?;
+                let sql = r.cbytes()?;
                 r.finish()?;
                 FrontendMessage::Query { sql }
             }
             b'P' => {
                 let mut r = Reader::new(body, "Parse");
                 let statement = r.cstr()?;
-                let sql = r.cstr()?;
+                let sql = r.cbytes()?;
                 let n = r.i16()?;
                 if n < 0 {
                     return Err(ProtocolError::Malformed("Parse"));
@@ -149,8 +150,27 @@ impl<'a> FrontendMessage<'a> {
             }
             b'F' => {
                 let mut r = Reader::new(body, "FunctionCall");
-                let oid = r.i32()?;
-                FrontendMessage::FunctionCall { oid }
+                let oid = r.i32()? as u32;
+                let nformats = r.i16()?;
+                if nformats < 0 {
+                    return Err(ProtocolError::Malformed("FunctionCall"));
+                }
+                r.bytes(nformats as usize * 2)?;
+                let nargs = r.i16()?;
+                if nargs < 0 {
+                    return Err(ProtocolError::Malformed("FunctionCall"));
+                }
+                for _ in 0..nargs {
+                    let len = r.i32()?;
+                    if len > 0 {
+                        r.bytes(len as usize)?;
+                    } else if len < -1 {
+                        return Err(ProtocolError::Malformed("FunctionCall"));
+                    }
+                }
+                let result_format = r.i16()?;
+                r.finish()?;
+                FrontendMessage::FunctionCall { oid, result_format }
             }
             b'p' => FrontendMessage::Password { body },
             other => return Err(ProtocolError::UnexpectedTag(other as char)),
@@ -243,6 +263,14 @@ pub fn encode_execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
     });
 }
 
+/// Encodes a Describe of a statement (`S`) or portal (`P`).
+pub fn encode_describe(out: &mut BytesMut, kind: u8, name: &str) {
+    put_typed(out, b'D', |o| {
+        o.put_u8(kind);
+        put_cstr(o, name);
+    });
+}
+
 /// Encodes a Sync.
 pub fn encode_sync(out: &mut BytesMut) {
     put_typed(out, b'S', |_| {});
@@ -274,7 +302,7 @@ mod tests {
             decode_one(&b),
             FrontendMessage::Parse {
                 statement: "s1",
-                sql: "select $1",
+                sql: b"select $1",
                 param_types: vec![23]
             }
         );
@@ -331,14 +359,14 @@ mod tests {
         fn query_round_trips(sql in "[^\u{0}]{0,200}") {
             let mut b = BytesMut::new();
             encode_query(&mut b, &sql);
-            prop_assert_eq!(decode_one(&b), FrontendMessage::Query { sql: &sql });
+            prop_assert_eq!(decode_one(&b), FrontendMessage::Query { sql: sql.as_bytes() });
         }
 
         #[test]
         fn parse_round_trips(name in "[a-z0-9_]{0,20}", sql in "[^\u{0}]{0,100}", types in proptest::collection::vec(any::<i32>(), 0..8)) {
             let mut b = BytesMut::new();
             encode_parse(&mut b, &name, &sql, &types);
-            prop_assert_eq!(decode_one(&b), FrontendMessage::Parse { statement: &name, sql: &sql, param_types: types.clone() });
+            prop_assert_eq!(decode_one(&b), FrontendMessage::Parse { statement: &name, sql: sql.as_bytes(), param_types: types.clone() });
         }
 
         #[test]

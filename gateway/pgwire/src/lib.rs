@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+pub mod binary;
 mod frame;
 mod frontend;
 mod startup;
@@ -97,6 +98,18 @@ impl<'a> Reader<'a> {
     }
 
     /// A NUL-terminated UTF-8 string.
+    /// A NUL-terminated byte string (without the NUL), not required to be UTF-8.
+    pub(crate) fn cbytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let nul = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(ProtocolError::Malformed(self.what))?;
+        let (s, rest) = self.buf.split_at(nul);
+        self.buf = &rest[1..];
+        Ok(s)
+    }
+
     pub(crate) fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let nul = self
             .buf

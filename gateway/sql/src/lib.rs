@@ -26,13 +26,35 @@
 
 #![forbid(unsafe_code)]
 
+mod builtin_functions;
 mod names;
 mod prepared;
+mod text;
 mod walk;
 
 use serde::Serialize;
 
 pub use prepared::PreparedStatements;
+pub use text::{decode_statement, depends_on_settings, Encoding, TextError, TextSettings};
+
+/// The name of the built-in function with this OID (one fixed in PostgreSQL's `pg_proc.dat`),
+/// or `None` for any other OID (functions created by users or extensions, or added after the
+/// PostgreSQL release the table was generated from).
+pub fn builtin_function_name(oid: u32) -> Option<&'static str> {
+    builtin_functions::BUILTIN_FUNCTIONS
+        .binary_search_by_key(&oid, |(o, _)| *o)
+        .ok()
+        .and_then(|i| builtin_functions::BUILTIN_FUNCTIONS.get(i))
+        .map(|(_, n)| *n)
+}
+
+/// A fast-path `FunctionCall` of a built-in function, as a statement the policy can judge:
+/// `SELECT pg_catalog."name"()`. The arguments are not SQL and not shown; a call is judged by
+/// what the function is (server files, large objects, dynamic SQL ...). `None` when the OID is
+/// not a known built-in (see [`builtin_function_name`]).
+pub fn fast_path_call_sql(oid: u32) -> Option<String> {
+    builtin_function_name(oid).map(|n| format!("SELECT pg_catalog.\"{n}\"()"))
+}
 
 /// Parse `sql` and classify each statement in it.
 ///

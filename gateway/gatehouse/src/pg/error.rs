@@ -130,7 +130,9 @@ impl SessionError {
             UpstreamLost => "connection to the target database lost".into(),
             AuditUnavailable(_) => "audit store unavailable: statement refused".into(),
             MaskingFailed(_) => {
-                "a result could not be masked (too large or malformed); it was not sent".into()
+                "a result could not be masked (too large, malformed, or a binary value of a type \
+                 Gatehouse cannot inspect: ask for text format); it was not sent"
+                    .into()
             }
             Timeout => "startup timed out".into(),
             Io(_) => "connection error".into(),

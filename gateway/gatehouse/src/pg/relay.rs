@@ -4,20 +4,38 @@
 //!   run (Query, Execute, FunctionCall) build an audit record; commit the records (one group
 //!   commit per read) and only then forward the bytes. If the audit store refuses, nothing of
 //!   that read is forwarded and the session ends with SQLSTATE 58030 (fail closed).
-//! - upstream → client: forward bytes as they come, reading only message headers and the few
-//!   small messages that carry outcomes (CommandComplete, ErrorResponse, ReadyForQuery), so
-//!   each audited statement gets a `statement.result` record with its SQLSTATE and row count.
-//!
-//! Large DataRow and CopyData messages are streamed through without being buffered whole.
+//! - upstream → client: every message is matched to the client message it answers (the
+//!   *expected responses* queue, [`Shared::pending`]), masked, and forwarded; outcomes
+//!   (CommandComplete, ErrorResponse, ReadyForQuery) become `statement.result` records.
 //!
 //! Guardrails: with a policy loaded, every Query and Parse is classified by PostgreSQL's own
-//! parser (`gatehouse-sql`) and judged (`gatehouse-policy`). A refused statement never reaches
-//! the target: its message is *replaced* by `DO … RAISE EXCEPTION … ERRCODE '42501'`, so that
-//! PostgreSQL itself answers with the ErrorResponse naming the rule, aborts the transaction
-//! block if one is open, and skips to the next Sync in the extended protocol — the session
-//! stays usable and its state matches what the client sees. A Bind of a refused prepared
-//! statement is re-encoded without parameters to fit the replacement.
+//! parser (`gatehouse-sql`) and judged (`gatehouse-policy`), and so is every fast-path
+//! FunctionCall (as a call of the built-in function its OID names; an OID Gatehouse does not
+//! know is refused). A refused statement never reaches the target: its message is *replaced*
+//! by `DO … RAISE EXCEPTION …`, so that PostgreSQL itself answers with the ErrorResponse naming
+//! the rule, aborts the transaction block if one is open, and skips to the next Sync in the
+//! extended protocol — the session stays usable and its state matches what the client sees.
+//!
+//! What the server will execute, exactly:
+//! - **Text is read as the server reads it.** The server reports `standard_conforming_strings`,
+//!   `client_encoding` and `server_encoding` in ParameterStatus messages; the statement text is
+//!   decoded and parsed under those values. A text whose reading depends on them (a backslash,
+//!   a byte ≥ 0x80) is judged only once every earlier message has been answered, so that any
+//!   change those messages made has been reported; one that follows an unsynchronised
+//!   statement in the same pipeline (whose effect cannot be known yet) is refused.
+//! - **Prepared statements and portals are tracked from the server's answers.** The client
+//!   side keeps a *speculative* map (what exists if every message in flight succeeds — exact
+//!   within one batch, because an error makes the server skip to the next Sync); the upstream
+//!   side keeps the *confirmed* map (ParseComplete, BindComplete, CloseComplete). A name from
+//!   an earlier batch is reconciled with the confirmed map before it is used.
+//! - **Each execution is judged.** A statement is judged at Parse; every Bind (one portal,
+//!   one execution) reuses that verdict only if it was deterministic and the policy has not
+//!   changed since; an approval ticket covers one execution; a grant is checked at each Bind.
+//! - **Every result is masked with the plan of the portal it belongs to.** An Execute of a
+//!   portal the client did not Describe gets a Describe injected before it (its answer is
+//!   kept from the client), so the gateway always knows the columns, formats and types.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,9 +44,11 @@ use bytes::{Buf as _, BytesMut};
 use gatehouse_audit::{Decision, EventKind, Record, Seq};
 use gatehouse_pgwire::{
     command_tag_rows, decode_command_complete, decode_error_fields, peek_header, Frame,
-    FrontendMessage, HEADER_LEN, PQ_LARGE_MESSAGE_LIMIT,
+    FrontendMessage, HEADER_LEN,
 };
+use gatehouse_sql::{Encoding, TextSettings};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::Notify;
 
 use super::error::SessionError;
 use super::session::{ClientStream, SessionInfo};
@@ -36,8 +56,30 @@ use super::upstream::UpstreamStream;
 use crate::state::Gateway;
 
 /// Largest client message Gatehouse reads whole (Query, Parse, Bind ...). PostgreSQL itself
-/// allows up to 1 GiB; a statement text beyond this is refused with 08P01.
+/// allows up to 1 GiB; a message beyond this is refused with 08P01. How much of a statement
+/// is *judged* is [`Limits::statement_bytes`].
 pub const MAX_INSPECTED_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// The relay's limits (see `[limits]` in docs/configuration.md).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest statement text parsed and judged when the policy can restrict the session;
+    /// a longer one is refused (54000).
+    pub statement_bytes: usize,
+    /// Largest upstream message other than DataRow/CopyData/FunctionCallResponse assembled
+    /// (ErrorResponse, NoticeResponse, RowDescription ...); a larger one ends the session
+    /// (54000).
+    pub upstream_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            statement_bytes: 1024 * 1024,
+            upstream_message_bytes: 1024 * 1024,
+        }
+    }
+}
 
 /// Totals for the session record.
 #[derive(Debug, Default, Clone)]
@@ -48,68 +90,206 @@ pub struct SessionStats {
     pub statements: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The settings that decide how the server reads statement text, as it last reported them.
+/// `None`: not reported (or a value Gatehouse does not know), so text that depends on it is
+/// refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerSettings {
+    standard_conforming_strings: Option<bool>,
+    client_encoding: Option<Encoding>,
+    server_encoding: Option<Encoding>,
+}
+
+impl ServerSettings {
+    /// Takes one ParameterStatus.
+    pub fn observe(&mut self, name: &str, value: &str) {
+        match name {
+            "standard_conforming_strings" => {
+                self.standard_conforming_strings = match value {
+                    "on" => Some(true),
+                    "off" => Some(false),
+                    _ => None,
+                }
+            }
+            "client_encoding" => self.client_encoding = Encoding::from_pg_name(value),
+            "server_encoding" => self.server_encoding = Encoding::from_pg_name(value),
+            _ => {}
+        }
+    }
+
+    /// The ParameterStatus messages in the upstream's startup answer.
+    pub fn from_startup(mut tail: &[u8]) -> ServerSettings {
+        let mut s = ServerSettings::default();
+        while let Ok(Some(f)) = gatehouse_pgwire::next_frame(tail, 1 << 20) {
+            if f.tag == b'S' {
+                if let Ok((k, v)) = gatehouse_pgwire::decode_parameter_status(f.body) {
+                    s.observe(k, v);
+                }
+            }
+            tail = &tail[f.wire_len()..];
+        }
+        s
+    }
+
+    fn text(&self) -> Option<TextSettings> {
+        Some(TextSettings {
+            standard_conforming_strings: self.standard_conforming_strings?,
+            client_encoding: self.client_encoding?,
+            server_encoding: self.server_encoding?,
+        })
+    }
+}
+
+/// A client message whose answer the upstream side waits for.
+#[derive(Debug)]
 enum Kind {
     /// A simple Query: done at ReadyForQuery.
     Simple,
-    /// An Execute: done at CommandComplete / EmptyQueryResponse / PortalSuspended / error.
-    Execute,
-    /// A Sync or FunctionCall without a statement: a ReadyForQuery boundary.
+    /// A fast-path FunctionCall: FunctionCallResponse or ErrorResponse, then ReadyForQuery.
+    Call,
+    /// A Sync: ReadyForQuery.
     Boundary,
+    /// ParseComplete. `swallow`: injected by Gatehouse; the client does not expect it.
+    Parse {
+        name: Arc<str>,
+        prepared: Arc<Prepared>,
+        swallow: bool,
+    },
+    /// BindComplete.
+    Bind {
+        portal: Arc<str>,
+        prepared: Arc<Prepared>,
+    },
+    /// (ParameterDescription and) RowDescription or NoData. `portal`: a portal Describe,
+    /// whose answer is that portal's masking plan. `swallow`: injected.
+    Describe {
+        portal: Option<Arc<str>>,
+        swallow: bool,
+    },
+    /// CloseComplete.
+    Close { statement: bool, name: Arc<str> },
+    /// DataRows, then CommandComplete / EmptyQueryResponse / PortalSuspended / ErrorResponse.
+    Execute { portal: Arc<str> },
+}
+
+impl Kind {
+    /// Ends with a ReadyForQuery.
+    fn is_boundary(&self) -> bool {
+        matches!(self, Kind::Simple | Kind::Call | Kind::Boundary)
+    }
 }
 
 #[derive(Debug)]
 struct Pending {
     kind: Kind,
-    seq: Seq,
+    /// The statement record, for Simple, Call and Execute.
+    seq: Option<Seq>,
     started: Instant,
     rows: u64,
     sqlstate: Option<String>,
-    done: bool,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     pending: VecDeque<Pending>,
     stats: SessionStats,
+    /// What the server last reported.
+    settings: ServerSettings,
+    /// Boundaries (Query, FunctionCall, Sync) forwarded whose ReadyForQuery has not come.
+    in_flight: usize,
+    /// The server is in COPY FROM STDIN: it answers nothing until the client's data ends.
+    copy_in: bool,
+    /// Confirmed by the server: prepared statements (ParseComplete) and portals
+    /// (BindComplete).
+    statements: HashMap<Arc<str>, Arc<Prepared>>,
+    portals: HashMap<Arc<str>, Arc<Prepared>>,
 }
 
 impl Shared {
-    /// The statement the next response belongs to: the first unfinished entry before the
-    /// next ReadyForQuery boundary.
-    fn current(&mut self) -> Option<&mut Pending> {
-        for p in self.pending.iter_mut() {
-            match p.kind {
-                Kind::Boundary => return None,
-                Kind::Simple => return Some(p),
-                Kind::Execute if !p.done => return Some(p),
-                Kind::Execute => {}
-            }
-        }
-        None
+    /// The expected response at the head of the queue.
+    fn front_mut(&mut self) -> Option<&mut Pending> {
+        self.pending.front_mut()
     }
 }
 
-/// Statement text and parameter count of a prepared statement or portal.
+/// What the policy decided about a prepared statement or portal.
 #[derive(Debug, Clone)]
+enum Judged {
+    /// Allowed. `note`: the deciding rule, for the record.
+    Allowed { note: Option<String>, reuse: Reuse },
+    /// Refused: the server holds the refusal statement instead (decision, note).
+    Refused(Decision, String),
+}
+
+/// When an allowing verdict may be reused for a later execution without judging again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reuse {
+    /// While the policy in force has this hash (`None`: no policy).
+    Policy(Option<String>),
+    /// Allowed by a single-use approval ticket: the first execution only.
+    Ticket,
+    /// Never (a grant: checked, and its use recorded, every time).
+    Never,
+}
+
+/// A prepared statement or portal as the gateway knows it.
+#[derive(Debug)]
 struct Prepared {
+    /// The statement text (decoded as the server reads it, or lossily when not judged).
     sql: Arc<str>,
+    /// The prepared statement's name (for a portal: the statement it was bound from).
     statement: Arc<str>,
     param_count: i64,
-    /// Refused by the policy: (decision label, rule and reason for the audit record).
-    refused: Option<Arc<(Decision, String)>>,
+    /// How the text was read (judging it again must read it the same way).
+    options: gatehouse_sql::ParseOptions,
+    judged: Judged,
+}
+
+/// A name in the client side's speculative map.
+#[derive(Debug, Clone)]
+struct Slot {
+    /// The batch (count of boundaries forwarded before it) that last changed this name.
+    batch: u64,
+    /// Reconciled with the server's answers.
+    confirmed: bool,
+    /// `None`: closed.
+    prepared: Option<Arc<Prepared>>,
+    /// Statements: an approval ticket allowed it and no execution has used it yet.
+    ticket_unused: bool,
+    /// Portals: its columns are known to the upstream side (described).
+    described: bool,
+}
+
+impl Slot {
+    fn new(batch: u64, prepared: Arc<Prepared>) -> Slot {
+        Slot {
+            batch,
+            confirmed: false,
+            prepared: Some(prepared),
+            ticket_unused: false,
+            described: false,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct ClientState {
-    statements: HashMap<String, Prepared>,
-    portals: HashMap<String, Prepared>,
+    statements: HashMap<Arc<str>, Slot>,
+    portals: HashMap<Arc<str>, Slot>,
+    /// Boundaries forwarded so far: the number of the current batch.
+    batch: u64,
+    /// An Execute was forwarded since the last boundary.
+    exec_since_sync: bool,
     /// SQL-level `PREPARE`s forwarded on this session, to judge `EXECUTE`.
     sql_prepared: gatehouse_sql::PreparedStatements,
     /// The session's identity and connection tags, as the policy sees them.
     who: Option<Arc<Who>>,
     /// (policy hash, whether that policy can restrict this session).
     restricted_cache: Option<(String, bool)>,
+    limits: Limits,
+    /// The last wait for the server's answers could not complete (COPY FROM STDIN in
+    /// progress): what needed them is refused instead.
+    answers_unavailable: bool,
 }
 
 /// Who is asking, where: the policy facts fixed for the session.
@@ -198,10 +378,11 @@ impl Recorder {
 /// The policy's verdict on one request, for the relay.
 enum Verdict {
     /// Forward. `note`: the deciding rule, when one allowed it.
-    Allow { note: Option<String> },
-    /// Do not forward: replace by an error raised in PostgreSQL with `message`.
+    Allow { note: Option<String>, reuse: Reuse },
+    /// Do not forward: replace by an error raised in PostgreSQL with `message` and `sqlstate`.
     Refuse {
         decision: Decision,
+        sqlstate: &'static str,
         note: String,
         message: String,
     },
@@ -213,6 +394,31 @@ enum Verdict {
         note: String,
         message: String,
     },
+}
+
+impl Verdict {
+    /// Allowed without a rule, for as long as the policy in force does not change.
+    fn allow_reusable(gw: &Gateway) -> Verdict {
+        Verdict::Allow {
+            note: None,
+            reuse: Reuse::Policy(gw.policy_hash()),
+        }
+    }
+
+    fn refuse_with(sqlstate: &'static str, note: String, message: String) -> Verdict {
+        Verdict::Refuse {
+            decision: Decision::Deny,
+            sqlstate,
+            note,
+            message,
+        }
+    }
+}
+
+/// Whether the policy in force is the one a reusable verdict was made under.
+fn policy_unchanged(gw: &Gateway, hash: Option<&str>) -> bool {
+    let policy = gw.policy.load();
+    policy.as_ref().as_ref().map(|p| p.hash()) == hash
 }
 
 /// A message to forward instead of the client's, possibly only after a held approval.
@@ -263,18 +469,110 @@ async fn await_approval(
 }
 
 impl ClientState {
-    /// Judges `sql` with the policy in force; no policy allows without parsing.
-    fn judge(&mut self, gw: &Gateway, sql: &str) -> Verdict {
+    /// Judges a statement text (Query or Parse) as the server will read it. No policy, or a
+    /// policy that cannot restrict this session, allows without parsing. Otherwise the text is
+    /// decoded with the settings the server reported (`standard_conforming_strings`,
+    /// `client_encoding`) and judged; a text the gateway cannot read exactly as the server
+    /// will is refused. `pipelined`: a statement of the same unsynchronised pipeline ran
+    /// before this one, so the server's settings when it reads the text are not known.
+    fn judge_bytes(
+        &mut self,
+        gw: &Gateway,
+        bytes: &[u8],
+        settings: Option<gatehouse_sql::TextSettings>,
+        pipelined: bool,
+    ) -> (Verdict, String, gatehouse_sql::ParseOptions) {
+        let lossy = || String::from_utf8_lossy(bytes).into_owned();
+        if !self.may_restrict(gw) {
+            return (
+                Verdict::allow_reusable(gw),
+                lossy(),
+                gatehouse_sql::ParseOptions::default(),
+            );
+        }
+        if bytes.len() > self.limits.statement_bytes {
+            let note = format!(
+                "statement of {} bytes is longer than limits.statement_bytes ({}) and cannot be judged",
+                bytes.len(),
+                self.limits.statement_bytes
+            );
+            return (
+                Verdict::refuse_with("54000", note.clone(), format!("gatehouse: {note}")),
+                lossy(),
+                gatehouse_sql::ParseOptions::default(),
+            );
+        }
+        let mut options = gatehouse_sql::ParseOptions::default();
+        let text = if gatehouse_sql::depends_on_settings(bytes) {
+            if pipelined {
+                let note = "statement text with backslashes or non-ASCII characters follows an \
+                            unsynchronised statement in the same pipeline; how the server will \
+                            read it cannot be known: send Sync first"
+                    .to_owned();
+                return (
+                    Verdict::refuse_with("0A000", note.clone(), format!("gatehouse: {note}")),
+                    lossy(),
+                    gatehouse_sql::ParseOptions::default(),
+                );
+            }
+            let Some(settings) = settings else {
+                let note =
+                    "the server did not report standard_conforming_strings, client_encoding \
+                            and server_encoding; statement text with backslashes or non-ASCII \
+                            characters cannot be judged"
+                        .to_owned();
+                return (
+                    Verdict::refuse_with("0A000", note.clone(), format!("gatehouse: {note}")),
+                    lossy(),
+                    gatehouse_sql::ParseOptions::default(),
+                );
+            };
+            options.standard_conforming_strings = settings.standard_conforming_strings;
+            match gatehouse_sql::decode_statement(bytes, &settings) {
+                Ok(t) => t.into_owned(),
+                Err(e) => {
+                    let note = format!("statement text cannot be read as the server will: {e}");
+                    return (
+                        Verdict::refuse_with(
+                            e.sqlstate(),
+                            note.clone(),
+                            format!("gatehouse: {note}"),
+                        ),
+                        lossy(),
+                        gatehouse_sql::ParseOptions::default(),
+                    );
+                }
+            }
+        } else {
+            // Only ASCII without backslashes: read the same under every setting.
+            lossy()
+        };
+        let v = self.judge(gw, &text, options);
+        (v, text, options)
+    }
+
+    /// Whether the policy in force can restrict this session at all.
+    fn may_restrict(&mut self, gw: &Gateway) -> bool {
+        let policy = gw.policy.load();
+        let who = self.who.clone();
+        match (policy.as_ref().as_ref(), who.as_deref()) {
+            (Some(policy), Some(who)) => self.restricted(policy, who),
+            _ => false,
+        }
+    }
+
+    /// Judges decoded `sql` with the policy in force.
+    fn judge(&mut self, gw: &Gateway, sql: &str, options: gatehouse_sql::ParseOptions) -> Verdict {
         let policy = gw.policy.load();
         let who = self.who.clone();
         let (Some(policy), Some(who)) = (policy.as_ref().as_ref(), who.as_deref()) else {
-            return Verdict::Allow { note: None };
+            return Verdict::allow_reusable(gw);
         };
         // Nothing can refuse this user on this connection: allow without parsing.
         if !self.restricted(policy, who) {
-            return Verdict::Allow { note: None };
+            return Verdict::allow_reusable(gw);
         }
-        let statements = gatehouse_sql::classify(sql);
+        let statements = gatehouse_sql::classify_with(sql, options);
         let facts = gatehouse_policy::Facts {
             user: &who.user,
             groups: &who.groups,
@@ -320,6 +618,12 @@ impl ClientState {
                 if let Ok(parts) = &statements {
                     self.sql_prepared.observe(parts);
                 }
+                // Deterministic for this policy and session: the verdict holds until the
+                // policy changes. A grant is checked (and its use recorded) every time.
+                let reuse = match basis {
+                    gatehouse_policy::AllowBasis::Grant { .. } => Reuse::Never,
+                    _ => Reuse::Policy(Some(policy.hash().to_owned())),
+                };
                 let note = match basis {
                     gatehouse_policy::AllowBasis::Default => None,
                     gatehouse_policy::AllowBasis::Rule(r) => Some(format!("allowed by {r}")),
@@ -331,10 +635,11 @@ impl ClientState {
                             .into(),
                     ),
                 };
-                Verdict::Allow { note }
+                Verdict::Allow { note, reuse }
             }
             gatehouse_policy::Decision::Deny { rule, reason } => Verdict::Refuse {
                 decision: Decision::Deny,
+                sqlstate: "42501",
                 note: format!("{rule}: {reason}"),
                 message: format!("gatehouse: statement blocked by {rule}: {reason}"),
             },
@@ -344,7 +649,16 @@ impl ClientState {
                 approvers,
                 min_approvals,
                 mode,
-            } => self.ticket(gw, sql, &rule, &reason, approvers, min_approvals, &mode),
+            } => self.ticket(
+                gw,
+                sql,
+                options,
+                &rule,
+                &reason,
+                approvers,
+                min_approvals,
+                &mode,
+            ),
         }
     }
 
@@ -382,6 +696,7 @@ impl ClientState {
         &mut self,
         gw: &Gateway,
         sql: &str,
+        options: gatehouse_sql::ParseOptions,
         rule: &gatehouse_policy::RuleId,
         reason: &str,
         approvers: Vec<String>,
@@ -389,22 +704,25 @@ impl ClientState {
         mode: &gatehouse_policy::ApprovalMode,
     ) -> Verdict {
         let Some(who) = self.who.clone() else {
-            return Verdict::Allow { note: None };
+            return Verdict::allow_reusable(gw);
         };
         let now = std::time::SystemTime::now();
         let refuse = |note: String, message: String| Verdict::Refuse {
             decision: Decision::Deny,
+            sqlstate: "42501",
             note,
             message,
         };
         let store = &gw.approvals;
         match store.consume_ticket(&who.user, &who.connection, sql, now) {
             Ok(Some(req)) => {
-                if let Ok(parts) = &gatehouse_sql::classify(sql) {
+                if let Ok(parts) = &gatehouse_sql::classify_with(sql, options) {
                     self.sql_prepared.observe(parts);
                 }
+                // Single use: the approval covers this one execution.
                 return Verdict::Allow {
                     note: Some(format!("allowed by approval {} for {rule}", req.id)),
+                    reuse: Reuse::Ticket,
                 };
             }
             Ok(None) => {}
@@ -500,27 +818,59 @@ impl ClientState {
 /// How long an approval request waits for a decision.
 const APPROVAL_REQUEST_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// SQL that makes PostgreSQL raise `message` with SQLSTATE 42501 (insufficient privilege).
-/// The text is kept to printable characters without backslashes or `$`, quoted as a
-/// standard string literal inside a dollar-quoted body with a random tag.
-fn refusal_sql(message: &str) -> String {
+/// SQL that makes PostgreSQL raise `message` with `sqlstate`. The text is kept to printable
+/// ASCII without backslashes or `$` (so it reads the same under every `client_encoding` and
+/// `standard_conforming_strings`), quoted as a standard string literal inside a dollar-quoted
+/// body with a random tag.
+fn refusal_sql(sqlstate: &str, message: &str) -> String {
     let lit: String = message
         .chars()
-        .filter(|c| !c.is_control() && *c != '\\' && *c != '$')
+        .map(|c| if c.is_ascii() { c } else { '?' })
+        .filter(|c| !c.is_ascii_control() && *c != '\\' && *c != '$')
         .collect::<String>()
         .replace('\'', "''");
+    let code: String = sqlstate
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(5)
+        .collect();
     let tag = format!("$gh{}$", hex::encode(rand::random::<[u8; 6]>()));
-    format!("DO {tag}BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{lit}'; END{tag}")
+    format!("DO {tag}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{lit}'; END{tag}")
 }
 
+/// A Query that raises the refusal.
+fn refusal_query(sqlstate: &str, message: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    gatehouse_pgwire::encode_query(&mut b, &refusal_sql(sqlstate, message));
+    b
+}
+
+/// The prepared statement that stands for a refused one on the server.
+fn refused_prepared(statement: &str, sql: &str, decision: Decision, note: String) -> Arc<Prepared> {
+    Arc::new(Prepared {
+        sql: sql.into(),
+        statement: statement.into(),
+        param_count: 0,
+        options: gatehouse_sql::ParseOptions::default(),
+        judged: Judged::Refused(decision, note),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     gw: &Arc<Gateway>,
     info: &SessionInfo,
     client: &mut ClientStream,
     upstream: UpstreamStream,
     leftover: BytesMut,
+    settings: ServerSettings,
+    limits: Limits,
 ) -> Result<SessionStats, (SessionStats, SessionError)> {
-    let shared = Mutex::new(Shared::default());
+    let shared = Mutex::new(Shared {
+        settings,
+        ..Shared::default()
+    });
+    let answered = Notify::new();
     let who = info.identity.as_ref().map(|id| {
         let connection = info.connection.clone().unwrap_or_default();
         let config = gw.config.load();
@@ -544,8 +894,18 @@ pub async fn run(
     let (crd, cwr) = tokio::io::split(client);
     let (urd, uwr) = tokio::io::split(upstream);
     let result = {
-        let c2u = client_to_upstream(gw, info, crd, uwr, leftover, &shared, who.clone());
-        let u2c = upstream_to_client(gw, info, urd, cwr, &shared, who.clone());
+        let c2u = client_to_upstream(
+            gw,
+            info,
+            crd,
+            uwr,
+            leftover,
+            &shared,
+            &answered,
+            who.clone(),
+            limits,
+        );
+        let u2c = upstream_to_client(gw, info, urd, cwr, &shared, &answered, who.clone(), limits);
         tokio::pin!(c2u, u2c);
         tokio::select! {
             r = &mut c2u => r,
@@ -554,11 +914,7 @@ pub async fn run(
     };
     let shared = shared.into_inner().unwrap_or_else(|p| p.into_inner());
     // Statements still waiting for an outcome when the session ended.
-    for p in shared
-        .pending
-        .iter()
-        .filter(|p| p.kind != Kind::Boundary && !p.done)
-    {
+    for p in shared.pending.iter().filter(|p| p.seq.is_some()) {
         let mut r = result_record(gw, info, p);
         r.reason = Some("session ended before the statement completed".into());
         let _ = gw.audit.append_nowait(r);
@@ -573,6 +929,111 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Waits until every boundary forwarded has been answered (every ParameterStatus and
+/// ParseComplete they caused has been seen). `false` when that cannot happen now: the server
+/// waits for COPY data from this very client.
+async fn wait_for_answers(shared: &Mutex<Shared>, answered: &Notify) -> bool {
+    loop {
+        let notified = answered.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let s = lock(shared);
+            if s.in_flight == 0 {
+                return true;
+            }
+            if s.copy_in {
+                return false;
+            }
+        }
+        notified.await;
+    }
+}
+
+/// What one read of client bytes becomes before it is forwarded.
+#[derive(Debug, Default)]
+struct Outbox {
+    records: Vec<Record>,
+    /// Expected answers, with the index of their record in `records`.
+    pending: Vec<(Kind, Option<usize>)>,
+    /// Set once a message is replaced: the bytes to forward instead of `buf[..pos]`,
+    /// complete up to `copied`.
+    out: Option<BytesMut>,
+    copied: usize,
+}
+
+impl Outbox {
+    /// Forward `bytes` instead of the message at `buf[at..at + len]`.
+    fn replace(&mut self, buf: &[u8], at: usize, len: usize, bytes: &[u8]) {
+        let o = self.out.get_or_insert_with(BytesMut::new);
+        o.extend_from_slice(&buf[self.copied..at]);
+        o.extend_from_slice(bytes);
+        self.copied = at + len;
+    }
+}
+
+/// Commits the records of `buf[..pos]`, queues the answers they expect, forwards the bytes
+/// (with replacements) and drops them from `buf`. Write-ahead: nothing is forwarded unless
+/// its records are in the journal.
+async fn forward<W: AsyncWrite + Unpin>(
+    gw: &Gateway,
+    shared: &Mutex<Shared>,
+    wr: &mut W,
+    buf: &mut BytesMut,
+    pos: usize,
+    ob: &mut Outbox,
+) -> Result<(), SessionError> {
+    let seqs = if ob.records.is_empty() {
+        Vec::new()
+    } else {
+        let seqs = gw
+            .audit
+            .append_batch(&ob.records)
+            .await
+            .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?;
+        // Cleared, not replaced: a record is large, and a fresh vector per read cost an
+        // allocation per statement.
+        ob.records.clear();
+        seqs
+    };
+    if !ob.pending.is_empty() {
+        let now = Instant::now();
+        let mut s = lock(shared);
+        for (kind, rec) in ob.pending.drain(..) {
+            let seq = rec.and_then(|i| seqs.get(i).copied());
+            if seq.is_some() {
+                s.stats.statements += 1;
+            }
+            if kind.is_boundary() {
+                s.in_flight += 1;
+            }
+            s.pending.push_back(Pending {
+                kind,
+                seq,
+                started: now,
+                rows: 0,
+                sqlstate: None,
+            });
+        }
+    }
+    let bytes: &[u8] = match ob.out.as_mut() {
+        Some(o) => {
+            o.extend_from_slice(&buf[ob.copied..pos]);
+            o
+        }
+        None => &buf[..pos],
+    };
+    wr.write_all(bytes)
+        .await
+        .map_err(|_| SessionError::UpstreamLost)?;
+    lock(shared).stats.bytes_in += pos as u64;
+    buf.advance(pos);
+    ob.out = None;
+    ob.copied = 0;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn client_to_upstream<R, W>(
     gw: &Gateway,
     info: &SessionInfo,
@@ -580,7 +1041,9 @@ async fn client_to_upstream<R, W>(
     mut wr: W,
     mut buf: BytesMut,
     shared: &Mutex<Shared>,
+    answered: &Notify,
     who: Option<Arc<Who>>,
+    limits: Limits,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
@@ -588,19 +1051,15 @@ where
 {
     let mut st = ClientState {
         who,
+        limits,
         ..ClientState::default()
     };
     // Bytes of a streamed CopyData message still to pass through.
     let mut streaming = 0usize;
-    let mut records: Vec<Record> = Vec::new();
-    let mut pending: Vec<(Kind, Option<usize>)> = Vec::new();
+    let mut ob = Outbox::default();
     loop {
         let mut pos = 0usize;
         let mut terminate = false;
-        // Set once a message of this read is replaced: the bytes to forward instead of
-        // `buf[..pos]`, complete up to `copied`.
-        let mut out: Option<BytesMut> = None;
-        let mut copied = 0usize;
         if streaming > 0 {
             let take = streaming.min(buf.len());
             pos = take;
@@ -624,13 +1083,28 @@ where
                 tag: h.tag,
                 body: &buf[pos + HEADER_LEN..pos + h.total_len],
             };
-            if let Some(rewrite) = inspect(&mut st, gw, info, frame, &mut records, &mut pending)? {
+            let rewrite = match inspect(&mut st, gw, info, frame, &mut ob, shared)? {
+                Step::Forward(r) => r,
+                Step::WaitForAnswers => {
+                    // Forward what came before, let the server answer it, then look at this
+                    // message again knowing what the server now holds.
+                    if pos > 0 {
+                        forward(gw, shared, &mut wr, &mut buf, pos, &mut ob).await?;
+                        pos = 0;
+                    }
+                    st.answers_unavailable = !wait_for_answers(shared, answered).await;
+                    st.reconcile(shared);
+                    continue;
+                }
+            };
+            st.answers_unavailable = false;
+            if let Some(rewrite) = rewrite {
                 let approved = match &rewrite.hold {
                     None => false,
                     Some((id, timeout)) => {
                         // Nothing of this read is forwarded while the statement is held.
                         let (ok, why) = await_approval(gw, id, *timeout).await;
-                        if let Some(r) = records.last_mut() {
+                        if let Some(r) = ob.records.last_mut() {
                             if ok {
                                 r.decision = Some(Decision::Allow);
                                 r.reason = Some(format!("allowed by approval {id} (held)"));
@@ -645,10 +1119,7 @@ where
                     }
                 };
                 if !approved {
-                    let o = out.get_or_insert_with(BytesMut::new);
-                    o.extend_from_slice(&buf[copied..pos]);
-                    o.extend_from_slice(&rewrite.bytes);
-                    copied = pos + h.total_len;
+                    ob.replace(&buf, pos, h.total_len, &rewrite.bytes);
                 }
             }
             pos += h.total_len;
@@ -658,49 +1129,7 @@ where
             }
         }
         if pos > 0 {
-            let seqs = if records.is_empty() {
-                Vec::new()
-            } else {
-                let seqs = gw
-                    .audit
-                    .append_batch(&records)
-                    .await
-                    .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?;
-                // Cleared, not replaced: a record is large, and a fresh vector per read cost
-                // an allocation per statement.
-                records.clear();
-                seqs
-            };
-            if !pending.is_empty() {
-                let now = Instant::now();
-                let mut s = lock(shared);
-                for (kind, rec) in pending.drain(..) {
-                    let seq = rec.and_then(|i| seqs.get(i).copied()).unwrap_or(0);
-                    if kind != Kind::Boundary {
-                        s.stats.statements += 1;
-                    }
-                    s.pending.push_back(Pending {
-                        kind,
-                        seq,
-                        started: now,
-                        rows: 0,
-                        sqlstate: None,
-                        done: false,
-                    });
-                }
-            }
-            let bytes: &[u8] = match out.as_mut() {
-                Some(o) => {
-                    o.extend_from_slice(&buf[copied..pos]);
-                    o
-                }
-                None => &buf[..pos],
-            };
-            wr.write_all(bytes)
-                .await
-                .map_err(|_| SessionError::UpstreamLost)?;
-            lock(shared).stats.bytes_in += pos as u64;
-            buf.advance(pos);
+            forward(gw, shared, &mut wr, &mut buf, pos, &mut ob).await?;
             if terminate {
                 let _ = wr.flush().await;
                 return Ok(());
@@ -715,6 +1144,79 @@ where
     }
 }
 
+/// What to do with one client message.
+#[derive(Debug)]
+enum Step {
+    /// Forward it, or the rewrite instead.
+    Forward(Option<Rewrite>),
+    /// Its meaning depends on answers the server has not sent yet: forward what came
+    /// before, wait for those answers, and inspect it again. Nothing was changed.
+    WaitForAnswers,
+}
+
+/// The message as it came, re-encoded (tag, length, body).
+fn original(frame: &Frame<'_>, out: &mut BytesMut) {
+    out.extend_from_slice(&[frame.tag]);
+    out.extend_from_slice(&((frame.body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(frame.body);
+}
+
+impl ClientState {
+    /// Brings names changed in earlier (answered) batches in line with the server's answers.
+    fn reconcile(&mut self, shared: &Mutex<Shared>) {
+        let s = lock(shared);
+        let batch = self.batch;
+        for (map, confirmed) in [
+            (&mut self.statements, &s.statements),
+            (&mut self.portals, &s.portals),
+        ] {
+            for (name, slot) in map.iter_mut() {
+                if slot.confirmed || slot.batch >= batch {
+                    continue;
+                }
+                let c = confirmed.get(name);
+                let same = match (&slot.prepared, c) {
+                    (Some(p), Some(c)) => Arc::ptr_eq(p, c),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    slot.prepared = c.cloned();
+                    slot.ticket_unused = false;
+                    slot.described = false;
+                }
+                slot.confirmed = true;
+            }
+        }
+    }
+
+    /// A slot from an earlier batch whose answer has not been taken in yet.
+    fn stale(&self, slot: Option<&Slot>) -> bool {
+        slot.is_some_and(|s| !s.confirmed && s.batch < self.batch) && !self.answers_unavailable
+    }
+
+    /// The settings to read a statement text with; `WaitForAnswers` first when they may be
+    /// about to change.
+    fn settings_for(
+        &mut self,
+        gw: &Gateway,
+        sql: &[u8],
+        shared: &Mutex<Shared>,
+        unforwarded: &[(Kind, Option<usize>)],
+    ) -> Result<Option<TextSettings>, Step> {
+        if !gatehouse_sql::depends_on_settings(sql) || !self.may_restrict(gw) {
+            return Ok(None);
+        }
+        // A boundary earlier in this very read, not forwarded yet, is in flight too.
+        let ahead = unforwarded.iter().any(|(k, _)| k.is_boundary());
+        let s = lock(shared);
+        if (s.in_flight > 0 || ahead) && !self.answers_unavailable {
+            return Err(Step::WaitForAnswers);
+        }
+        Ok(s.settings.text())
+    }
+}
+
 /// Looks at one client message; statements that will run get an audit record. Returns the
 /// bytes to forward instead of the message when the policy refuses it.
 fn inspect(
@@ -722,28 +1224,36 @@ fn inspect(
     gw: &Gateway,
     info: &SessionInfo,
     frame: Frame<'_>,
-    records: &mut Vec<Record>,
-    pending: &mut Vec<(Kind, Option<usize>)>,
-) -> Result<Option<Rewrite>, SessionError> {
-    match FrontendMessage::decode(frame)? {
+    ob: &mut Outbox,
+    shared: &Mutex<Shared>,
+) -> Result<Step, SessionError> {
+    let msg = FrontendMessage::decode(frame)?;
+    let records = &mut ob.records;
+    let pending = &mut ob.pending;
+    match msg {
         FrontendMessage::Query { sql } => {
+            let settings = match st.settings_for(gw, sql, shared, pending) {
+                Ok(s) => s,
+                Err(step) => return Ok(step),
+            };
+            let pipelined = st.exec_since_sync || st.answers_unavailable;
+            let (verdict, text, _) = st.judge_bytes(gw, sql, settings, pipelined);
             let mut r = statement_record(gw, info, "simple");
-            r.statement = Some(sql.to_owned());
-            let replacement = match st.judge(gw, sql) {
-                Verdict::Allow { note } => {
+            r.statement = Some(text);
+            let replacement = match verdict {
+                Verdict::Allow { note, .. } => {
                     r.reason = note;
                     None
                 }
                 Verdict::Refuse {
                     decision,
+                    sqlstate,
                     note,
                     message,
                 } => {
                     r.decision = Some(decision);
                     r.reason = Some(note);
-                    let mut b = BytesMut::new();
-                    gatehouse_pgwire::encode_query(&mut b, &refusal_sql(&message));
-                    Some(Rewrite::now(b))
+                    Some(Rewrite::now(refusal_query(sqlstate, &message)))
                 }
                 Verdict::Hold {
                     id,
@@ -753,126 +1263,395 @@ fn inspect(
                 } => {
                     r.decision = Some(Decision::Deny);
                     r.reason = Some(note);
-                    let mut b = BytesMut::new();
-                    gatehouse_pgwire::encode_query(&mut b, &refusal_sql(&message));
                     Some(Rewrite {
-                        bytes: b,
+                        bytes: refusal_query("42501", &message),
                         hold: Some((id, timeout)),
                     })
                 }
             };
             pending.push((Kind::Simple, Some(records.len())));
             records.push(r);
-            return Ok(replacement);
+            // A simple Query drops the unnamed prepared statement.
+            st.statements.insert(
+                Arc::from(""),
+                Slot {
+                    prepared: None,
+                    ..Slot::new(
+                        st.batch,
+                        refused_prepared("", "", Decision::Deny, String::new()),
+                    )
+                },
+            );
+            st.batch += 1;
+            st.exec_since_sync = false;
+            Ok(Step::Forward(replacement))
         }
         FrontendMessage::Parse {
             statement,
             sql,
             param_types,
         } => {
-            let (refused, replacement) = match st.judge(gw, sql) {
-                Verdict::Allow { .. } => (None, None),
+            let settings = match st.settings_for(gw, sql, shared, pending) {
+                Ok(s) => s,
+                Err(step) => return Ok(step),
+            };
+            let pipelined = st.exec_since_sync || st.answers_unavailable;
+            let (verdict, text, options) = st.judge_bytes(gw, sql, settings, pipelined);
+            let mut ticket = false;
+            let (prepared, replacement) = match verdict {
+                Verdict::Allow { note, reuse } => {
+                    ticket = reuse == Reuse::Ticket;
+                    (
+                        Arc::new(Prepared {
+                            sql: text.into(),
+                            statement: statement.into(),
+                            param_count: param_types.len() as i64,
+                            options,
+                            judged: Judged::Allowed { note, reuse },
+                        }),
+                        None,
+                    )
+                }
                 Verdict::Refuse {
                     decision,
+                    sqlstate,
                     note,
                     message,
                 } => {
                     let mut b = BytesMut::new();
-                    gatehouse_pgwire::encode_parse(&mut b, statement, &refusal_sql(&message), &[]);
-                    (Some(Arc::new((decision, note))), Some(Rewrite::now(b)))
+                    gatehouse_pgwire::encode_parse(
+                        &mut b,
+                        statement,
+                        &refusal_sql(sqlstate, &message),
+                        &[],
+                    );
+                    (
+                        refused_prepared(statement, &text, decision, note),
+                        Some(Rewrite::now(b)),
+                    )
                 }
                 // Holding the extended protocol would hold Bind/Execute too; a held rule on
                 // a prepared statement is refused like a ticket (retry after approval).
                 Verdict::Hold { note, message, .. } => {
                     let mut b = BytesMut::new();
-                    gatehouse_pgwire::encode_parse(&mut b, statement, &refusal_sql(&message), &[]);
+                    gatehouse_pgwire::encode_parse(
+                        &mut b,
+                        statement,
+                        &refusal_sql("42501", &message),
+                        &[],
+                    );
                     (
-                        Some(Arc::new((Decision::Deny, note))),
+                        refused_prepared(statement, &text, Decision::Deny, note),
                         Some(Rewrite::now(b)),
                     )
                 }
             };
-            st.statements.insert(
-                statement.to_owned(),
-                Prepared {
-                    sql: sql.into(),
-                    statement: statement.into(),
-                    param_count: param_types.len() as i64,
-                    refused,
+            let name: Arc<str> = Arc::from(statement);
+            let mut slot = Slot::new(st.batch, Arc::clone(&prepared));
+            slot.ticket_unused = ticket;
+            st.statements.insert(Arc::clone(&name), slot);
+            pending.push((
+                Kind::Parse {
+                    name,
+                    prepared,
+                    swallow: false,
                 },
-            );
-            return Ok(replacement);
+                None,
+            ));
+            Ok(Step::Forward(replacement))
         }
         FrontendMessage::Bind {
             portal,
             statement,
             param_count,
         } => {
-            // An unknown statement name makes the server fail the Bind; record what we know.
-            let p = st
-                .statements
-                .get(statement)
-                .cloned()
-                .unwrap_or_else(|| Prepared {
-                    sql: "".into(),
-                    statement: statement.into(),
-                    param_count: 0,
-                    refused: None,
-                });
-            let replacement = p.refused.is_some().then(|| {
-                // The replacement statement takes no parameters.
+            if st.stale(st.statements.get(statement)) {
+                return Ok(Step::WaitForAnswers);
+            }
+            let slot = st.statements.get_mut(statement);
+            let known = slot.as_ref().and_then(|s| s.prepared.clone());
+            let ticket = slot
+                .map(|s| std::mem::take(&mut s.ticket_unused))
+                .unwrap_or(false);
+            // (statement text, verdict for this execution)
+            let options = known.as_ref().map(|p| p.options).unwrap_or_default();
+            let (sql, judged) = match &known {
+                Some(p) => match &p.judged {
+                    Judged::Refused(d, n) => (Arc::clone(&p.sql), Judged::Refused(*d, n.clone())),
+                    Judged::Allowed { note, reuse } => {
+                        let reusable = match reuse {
+                            Reuse::Policy(h) => policy_unchanged(gw, h.as_deref()),
+                            Reuse::Ticket => ticket,
+                            Reuse::Never => false,
+                        };
+                        if reusable {
+                            (
+                                Arc::clone(&p.sql),
+                                Judged::Allowed {
+                                    note: note.clone(),
+                                    reuse: reuse.clone(),
+                                },
+                            )
+                        } else {
+                            // Judged again: the policy changed, or the verdict rested on a
+                            // ticket already used or a grant that may have ended.
+                            let v = st.judge(gw, &p.sql, p.options);
+                            (Arc::clone(&p.sql), st.execution(v))
+                        }
+                    }
+                },
+                None => {
+                    // Not a statement this gateway saw parsed: an SQL-level PREPARE (judged
+                    // as `EXECUTE name`), or unknown.
+                    if st.sql_prepared.resolve(statement).is_empty() {
+                        let sql: Arc<str> = Arc::from("");
+                        if st.may_restrict(gw) {
+                            let note = format!(
+                                "Bind of prepared statement {statement:?}, which the gateway does not know; refused"
+                            );
+                            (sql, Judged::Refused(Decision::Deny, note))
+                        } else {
+                            (
+                                sql,
+                                Judged::Allowed {
+                                    note: Some(format!(
+                                        "Bind of prepared statement {statement:?}, which the gateway does not know"
+                                    )),
+                                    reuse: Reuse::Never,
+                                },
+                            )
+                        }
+                    } else {
+                        let sql = format!("EXECUTE \"{}\"", statement.replace('"', "\"\""));
+                        let v = st.judge(gw, &sql, gatehouse_sql::ParseOptions::default());
+                        (Arc::from(sql.as_str()), st.execution(v))
+                    }
+                }
+            };
+            let portal_name: Arc<str> = Arc::from(portal);
+            let mut replacement = None;
+            if let Judged::Refused(decision, note) = &judged {
                 let mut b = BytesMut::new();
-                gatehouse_pgwire::encode_bind(&mut b, portal, statement, &[]);
-                Rewrite::now(b)
+                if known
+                    .as_ref()
+                    .is_some_and(|p| matches!(p.judged, Judged::Refused(..)))
+                {
+                    // The server holds the refusal under this name; it takes no parameters.
+                    gatehouse_pgwire::encode_bind(&mut b, portal, statement, &[]);
+                } else {
+                    // Refused for this execution: bind the portal to a refusal instead (in
+                    // the unnamed statement, whose ParseComplete the client does not expect).
+                    let message = format!("gatehouse: statement blocked: {note}");
+                    gatehouse_pgwire::encode_parse(
+                        &mut b,
+                        "",
+                        &refusal_sql("42501", &message),
+                        &[],
+                    );
+                    gatehouse_pgwire::encode_bind(&mut b, portal, "", &[]);
+                    let stand_in = refused_prepared("", &sql, *decision, note.clone());
+                    st.statements
+                        .insert(Arc::from(""), Slot::new(st.batch, Arc::clone(&stand_in)));
+                    pending.push((
+                        Kind::Parse {
+                            name: Arc::from(""),
+                            prepared: stand_in,
+                            swallow: true,
+                        },
+                        None,
+                    ));
+                }
+                replacement = Some(Rewrite::now(b));
+            }
+            let prepared = Arc::new(Prepared {
+                sql,
+                statement: statement.into(),
+                param_count: i64::from(param_count),
+                options,
+                judged,
             });
             st.portals.insert(
-                portal.to_owned(),
-                Prepared {
-                    param_count: i64::from(param_count),
-                    ..p
-                },
+                Arc::clone(&portal_name),
+                Slot::new(st.batch, Arc::clone(&prepared)),
             );
-            return Ok(replacement);
+            pending.push((
+                Kind::Bind {
+                    portal: portal_name,
+                    prepared,
+                },
+                None,
+            ));
+            Ok(Step::Forward(replacement))
         }
         FrontendMessage::Execute { portal, .. } => {
-            let mut r = statement_record(gw, info, "extended");
-            if let Some(p) = st.portals.get(portal) {
-                r.statement = Some(p.sql.to_string());
-                r.statement_name = (!p.statement.is_empty()).then(|| p.statement.to_string());
-                r.param_count = Some(p.param_count);
-                if let Some(refused) = &p.refused {
-                    r.decision = Some(refused.0);
-                    r.reason = Some(refused.1.clone());
-                }
-            } else {
-                r.reason = Some(format!("execute of unknown portal {portal:?}"));
+            if st.stale(st.portals.get(portal)) {
+                return Ok(Step::WaitForAnswers);
             }
-            pending.push((Kind::Execute, Some(records.len())));
+            let mut r = statement_record(gw, info, "extended");
+            let name: Arc<str> = Arc::from(portal);
+            let slot = st.portals.get_mut(portal);
+            let described = slot.as_ref().is_some_and(|s| s.described);
+            match slot.as_ref().and_then(|s| s.prepared.as_ref()) {
+                Some(p) => {
+                    r.statement = Some(p.sql.to_string());
+                    r.statement_name = (!p.statement.is_empty()).then(|| p.statement.to_string());
+                    r.param_count = Some(p.param_count);
+                    match &p.judged {
+                        Judged::Refused(d, n) => {
+                            r.decision = Some(*d);
+                            r.reason = Some(n.clone());
+                        }
+                        Judged::Allowed { note, .. } => r.reason = note.clone(),
+                    }
+                }
+                None => r.reason = Some(format!(
+                    "execute of portal {portal:?} not bound by this client (a cursor, or unknown)"
+                )),
+            }
+            if let Some(s) = slot {
+                s.described = true;
+            }
+            let mut replacement = None;
+            if !described {
+                // The client did not Describe this portal: ask the server for its columns
+                // (the answer is kept from the client) so its rows are masked with their own
+                // plan, never with a previous statement's.
+                let mut b = BytesMut::new();
+                gatehouse_pgwire::encode_describe(&mut b, b'P', portal);
+                original(&frame, &mut b);
+                pending.push((
+                    Kind::Describe {
+                        portal: Some(Arc::clone(&name)),
+                        swallow: true,
+                    },
+                    None,
+                ));
+                replacement = Some(Rewrite::now(b));
+            }
+            pending.push((Kind::Execute { portal: name }, Some(records.len())));
             records.push(r);
+            st.exec_since_sync = true;
+            Ok(Step::Forward(replacement))
+        }
+        FrontendMessage::Describe { kind, name } => {
+            let portal = (kind == b'P').then(|| Arc::from(name));
+            if kind == b'P' {
+                if let Some(s) = st.portals.get_mut(name) {
+                    s.described = true;
+                }
+            }
+            pending.push((
+                Kind::Describe {
+                    portal,
+                    swallow: false,
+                },
+                None,
+            ));
+            Ok(Step::Forward(None))
         }
         FrontendMessage::Close { kind, name } => {
-            if kind == b'S' {
-                st.statements.remove(name);
+            let statement = kind == b'S';
+            let map = if statement {
+                &mut st.statements
             } else {
-                st.portals.remove(name);
-            }
+                &mut st.portals
+            };
+            let name: Arc<str> = Arc::from(name);
+            map.insert(
+                Arc::clone(&name),
+                Slot {
+                    prepared: None,
+                    ..Slot::new(
+                        st.batch,
+                        refused_prepared("", "", Decision::Deny, String::new()),
+                    )
+                },
+            );
+            pending.push((Kind::Close { statement, name }, None));
+            Ok(Step::Forward(None))
         }
-        FrontendMessage::Sync => pending.push((Kind::Boundary, None)),
-        FrontendMessage::FunctionCall { oid } => {
+        FrontendMessage::Sync => {
+            pending.push((Kind::Boundary, None));
+            st.batch += 1;
+            st.exec_since_sync = false;
+            Ok(Step::Forward(None))
+        }
+        FrontendMessage::FunctionCall { oid, .. } => {
             let mut r = statement_record(gw, info, "function-call");
-            r.statement = Some(format!("fast-path function call, oid {oid}"));
-            pending.push((Kind::Simple, Some(records.len())));
+            let name = gatehouse_sql::builtin_function_name(oid);
+            r.statement = Some(match name {
+                Some(n) => format!("fast-path call of pg_catalog.{n} (oid {oid})"),
+                None => format!("fast-path call of function oid {oid}"),
+            });
+            let verdict = if !st.may_restrict(gw) {
+                Verdict::allow_reusable(gw)
+            } else {
+                match gatehouse_sql::fast_path_call_sql(oid) {
+                    Some(sql) => st.judge(gw, &sql, gatehouse_sql::ParseOptions::default()),
+                    None => {
+                        let note = format!(
+                            "fast-path call of function oid {oid}, which is not a built-in function Gatehouse knows; refused"
+                        );
+                        Verdict::refuse_with("42501", note.clone(), format!("gatehouse: {note}"))
+                    }
+                }
+            };
+            // The server answers a FunctionCall with FunctionCallResponse or ErrorResponse,
+            // then ReadyForQuery: a refusing Query has the same shape.
+            let replacement = match verdict {
+                Verdict::Allow { note, .. } => {
+                    r.reason = note;
+                    None
+                }
+                Verdict::Refuse {
+                    decision,
+                    sqlstate,
+                    note,
+                    message,
+                } => {
+                    r.decision = Some(decision);
+                    r.reason = Some(note);
+                    Some(Rewrite::now(refusal_query(sqlstate, &message)))
+                }
+                Verdict::Hold {
+                    id,
+                    timeout,
+                    note,
+                    message,
+                } => {
+                    r.decision = Some(Decision::Deny);
+                    r.reason = Some(note);
+                    Some(Rewrite {
+                        bytes: refusal_query("42501", &message),
+                        hold: Some((id, timeout)),
+                    })
+                }
+            };
+            pending.push((Kind::Call, Some(records.len())));
             records.push(r);
+            st.batch += 1;
+            st.exec_since_sync = false;
+            Ok(Step::Forward(replacement))
         }
-        FrontendMessage::Describe { .. }
-        | FrontendMessage::Flush
+        FrontendMessage::Flush
         | FrontendMessage::Terminate
         | FrontendMessage::CopyData
         | FrontendMessage::CopyDone
-        | FrontendMessage::CopyFail { .. } => {}
-        FrontendMessage::Password { .. } => return Err(SessionError::UnexpectedStartupMessage),
+        | FrontendMessage::CopyFail { .. } => Ok(Step::Forward(None)),
+        FrontendMessage::Password { .. } => Err(SessionError::UnexpectedStartupMessage),
     }
-    Ok(None)
+}
+
+impl ClientState {
+    /// A verdict for one execution (Bind) as the portal keeps it.
+    fn execution(&self, v: Verdict) -> Judged {
+        match v {
+            Verdict::Allow { note, reuse } => Judged::Allowed { note, reuse },
+            Verdict::Refuse { decision, note, .. } => Judged::Refused(decision, note),
+            // An execution cannot be held in the extended protocol: refused like a ticket.
+            Verdict::Hold { note, .. } => Judged::Refused(Decision::Deny, note),
+        }
+    }
 }
 
 fn statement_record(gw: &Gateway, info: &SessionInfo, protocol: &str) -> Record {
@@ -885,18 +1664,13 @@ fn statement_record(gw: &Gateway, info: &SessionInfo, protocol: &str) -> Record 
 
 fn result_record(gw: &Gateway, info: &SessionInfo, p: &Pending) -> Record {
     let mut r = info.record(gw, EventKind::StatementResult);
-    r.ref_seq = Some(p.seq);
+    r.ref_seq = p.seq;
     r.rows = Some(p.rows as i64);
     r.sqlstate = Some(p.sqlstate.clone().unwrap_or_else(|| "00000".into()));
     r.duration_us = Some(p.started.elapsed().as_micros() as i64);
     r
 }
 
-/// Type OIDs whose binary form is their text (`text`, `varchar`, `bpchar`, `name`, `json`,
-/// `unknown`, `xml`) or raw bytes (`bytea`): scanned like text values.
-const SCANNED_BINARY_TYPES: [i32; 8] = [25, 1043, 1042, 19, 114, 705, 142, 17];
-/// `jsonb`: binary form is a version byte (1) and the JSON text.
-const JSONB_OID: i32 = 3802;
 /// Error/notice fields that carry no data (severity, code, position, file, line, routine).
 const PLAIN_ERROR_FIELDS: [u8; 8] = [b'S', b'V', b'C', b'P', b'p', b'F', b'L', b'R'];
 
@@ -905,7 +1679,7 @@ const PLAIN_ERROR_FIELDS: [u8; 8] = [b'S', b'V', b'C', b'P', b'p', b'F', b'L', b
 struct MaskColumn {
     plan: gatehouse_masking::ColumnPlan,
     binary: bool,
-    type_oid: i32,
+    type_oid: u32,
 }
 
 /// In-flight masking of one session's upstream→client stream.
@@ -913,7 +1687,6 @@ struct Masking {
     /// The masking profile that applies to the session (`None`: `[masking]`).
     profile: Option<String>,
     engine: Arc<gatehouse_masking::Engine>,
-    columns: Vec<MaskColumn>,
     copy_binary: bool,
     /// Binary COPY OUT: the file header has been passed.
     copy_header_seen: bool,
@@ -926,9 +1699,23 @@ fn mask_failed(e: gatehouse_masking::MaskError) -> SessionError {
 }
 
 impl Masking {
-    /// The largest DataRow / CopyData message assembled for masking.
+    /// The largest DataRow / CopyData / FunctionCallResponse message assembled for masking.
     fn max_message(&self) -> usize {
         self.engine.max_value_bytes().saturating_add(1 << 20)
+    }
+
+    /// The masking plan of a RowDescription.
+    fn plan(&self, body: &[u8]) -> Result<Arc<[MaskColumn]>, SessionError> {
+        let cols = gatehouse_pgwire::decode_row_description(body)
+            .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+        Ok(cols
+            .iter()
+            .map(|c| MaskColumn {
+                plan: self.engine.plan(Some(c.name)),
+                binary: c.format == 1,
+                type_oid: c.type_oid as u32,
+            })
+            .collect())
     }
 
     fn text(
@@ -941,8 +1728,8 @@ impl Masking {
             .mask_planned(plan, v, &mut self.counts)
             .map_err(mask_failed)?
         {
-            std::borrow::Cow::Borrowed(_) => Ok(None),
-            std::borrow::Cow::Owned(o) => Ok(Some(o)),
+            Cow::Borrowed(_) => Ok(None),
+            Cow::Owned(o) => Ok(Some(o)),
         }
     }
 
@@ -952,48 +1739,57 @@ impl Masking {
             .map(|o| String::from_utf8_lossy(&o).into_owned()))
     }
 
-    /// The message to send instead of `tag`/`body`, when masking changed it.
-    fn message(&mut self, tag: u8, body: &[u8]) -> Result<Option<BytesMut>, SessionError> {
+    /// One value of a binary-format column: every piece of text in it is masked; a value
+    /// whose layout Gatehouse does not know, or a non-text value that would need masking,
+    /// is refused (the session ends with 54000), never passed unseen.
+    fn binary(&mut self, col: MaskColumn, v: &[u8]) -> Result<Option<Vec<u8>>, SessionError> {
+        if col.plan.masks_whole_value() && !gatehouse_pgwire::binary::is_text_type(col.type_oid) {
+            return Err(SessionError::MaskingFailed(
+                "a masking rule applies to a binary-format column of a type that cannot hold a replacement"
+                    .into(),
+            ));
+        }
+        let engine = Arc::clone(&self.engine);
+        let counts = &mut self.counts;
+        let mut visit = |t: &[u8]| -> Result<Option<Vec<u8>>, gatehouse_masking::MaskError> {
+            Ok(match engine.mask_planned(col.plan, t, counts)? {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(o) => Some(o),
+            })
+        };
+        gatehouse_pgwire::binary::rewrite(col.type_oid, v, &mut visit).map_err(|e| match e {
+            gatehouse_pgwire::binary::BinaryError::Visitor(m) => mask_failed(m),
+            other => SessionError::MaskingFailed(other.to_string()),
+        })
+    }
+
+    /// The message to send instead of `tag`/`body`, when masking changed it. `columns`: the
+    /// plan of the result the message belongs to (DataRow only).
+    fn message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        columns: &[MaskColumn],
+    ) -> Result<Option<BytesMut>, SessionError> {
         let bad =
             |e: gatehouse_pgwire::ProtocolError| SessionError::UpstreamProtocol(e.to_string());
         match tag {
-            b'T' => {
-                let cols = gatehouse_pgwire::decode_row_description(body).map_err(bad)?;
-                self.columns = cols
-                    .iter()
-                    .map(|c| MaskColumn {
-                        plan: self.engine.plan(Some(c.name)),
-                        binary: c.format == 1,
-                        type_oid: c.type_oid,
-                    })
-                    .collect();
-                Ok(None)
-            }
             b'D' => {
                 let values = gatehouse_pgwire::decode_data_row(body).map_err(bad)?;
                 let mut masked: Vec<Option<Vec<u8>>> = Vec::new();
                 for (i, v) in values.iter().enumerate() {
                     let Some(v) = v else { continue };
-                    let col = self.columns.get(i).copied().unwrap_or(MaskColumn {
+                    // A row wider than its description is scanned as text with no rule: the
+                    // server never sends one; if it did, nothing passes unscanned.
+                    let col = columns.get(i).copied().unwrap_or(MaskColumn {
                         plan: gatehouse_masking::ColumnPlan::default(),
                         binary: false,
                         type_oid: 0,
                     });
-                    let out = if !col.binary || SCANNED_BINARY_TYPES.contains(&col.type_oid) {
-                        self.text(col.plan, v)?
-                    } else if col.type_oid == JSONB_OID && v.first() == Some(&1) {
-                        self.text(col.plan, &v[1..])?.map(|o| {
-                            let mut b = vec![1u8];
-                            b.extend_from_slice(&o);
-                            b
-                        })
-                    } else if col.plan.masks_whole_value() {
-                        return Err(SessionError::MaskingFailed(
-                            "a masking rule applies to a binary-format column of a type that cannot hold a replacement"
-                                .into(),
-                        ));
+                    let out = if col.binary {
+                        self.binary(col, v)?
                     } else {
-                        None
+                        self.text(col.plan, v)?
                     };
                     if let Some(o) = out {
                         masked.resize(values.len(), None);
@@ -1046,6 +1842,30 @@ impl Masking {
                 gatehouse_pgwire::encode_notification(&mut b, pid, channel, &m);
                 Ok(Some(b))
             }
+            b'S' => {
+                // `SET application_name = '<secret>'` is echoed back by the server.
+                let (name, value) = gatehouse_pgwire::decode_parameter_status(body).map_err(bad)?;
+                let Some(m) = self.text_str(value)? else {
+                    return Ok(None);
+                };
+                let mut b = BytesMut::new();
+                gatehouse_pgwire::encode_parameter_status(&mut b, name, &m);
+                Ok(Some(b))
+            }
+            b'V' => {
+                // A fast-path function's result: its type is not said; the bytes are scanned
+                // as they are (text, bytea, and the raw bytes of anything else).
+                let Some(v) = gatehouse_pgwire::decode_function_call_response(body).map_err(bad)?
+                else {
+                    return Ok(None);
+                };
+                let Some(m) = self.text(gatehouse_masking::ColumnPlan::default(), v)? else {
+                    return Ok(None);
+                };
+                let mut b = BytesMut::new();
+                gatehouse_pgwire::encode_function_call_response(&mut b, Some(&m));
+                Ok(Some(b))
+            }
             b'H' => {
                 self.copy_binary = body.first() == Some(&1);
                 self.copy_header_seen = false;
@@ -1071,7 +1891,6 @@ impl Masking {
             _ => Ok(None),
         }
     }
-
     /// Binary COPY OUT data: the header once, then whole tuples (PostgreSQL sends one tuple
     /// per CopyData message); every field is scanned as bytes and its length rewritten when
     /// masked. Anything that does not parse as whole tuples is refused (fail closed).
@@ -1169,13 +1988,16 @@ impl Masking {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn upstream_to_client<R, W>(
     gw: &Gateway,
     info: &SessionInfo,
     mut rd: R,
     mut wr: W,
     shared: &Mutex<Shared>,
+    answered: &Notify,
     who: Option<Arc<Who>>,
+    limits: Limits,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
@@ -1192,13 +2014,18 @@ where
     let mut masking = Masking {
         profile,
         engine,
-        columns: Vec::new(),
         copy_binary: false,
         copy_header_seen: false,
         counts: gatehouse_masking::Counts::new(),
     };
     let max_message = masking.max_message();
     let mut recorder = who.as_ref().and_then(|w| w.recording).map(Recorder::new);
+    // Masking plans: of each described portal, of the current simple-Query result, and the
+    // one DataRows are masked with now (chosen again whenever the expected answer changes).
+    let mut portal_plans: HashMap<Arc<str>, Arc<[MaskColumn]>> = HashMap::new();
+    let mut simple_plan: Arc<[MaskColumn]> = Arc::from(Vec::new());
+    let mut rows_plan: Arc<[MaskColumn]> = Arc::from(Vec::new());
+    let mut plan_stale = true;
     loop {
         if buf.capacity() - buf.len() < 8192 {
             buf.reserve(64 * 1024);
@@ -1212,20 +2039,25 @@ where
         }
         let mut pos = 0usize;
         let mut rows = 0u64;
-        // Set once a message of this read is masked: the bytes to send instead of
-        // `buf[..pos]`, complete up to `copied`.
+        // Set once a message of this read is masked or kept back: the bytes to send instead
+        // of `buf[..pos]`, complete up to `copied`.
         let mut out: Option<BytesMut> = None;
         let mut copied = 0usize;
         let mut ready = false;
         loop {
-            let h = peek_header(&buf[pos..], PQ_LARGE_MESSAGE_LIMIT)
+            let h = peek_header(&buf[pos..], gatehouse_pgwire::PQ_LARGE_MESSAGE_LIMIT)
                 .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
             let Some(h) = h else { break };
-            if (h.tag == b'D' || h.tag == b'd') && h.total_len > max_message {
-                // Fail closed: a row that cannot be assembled for masking is not sent.
+            // Every message is assembled whole before it is masked: bound each kind.
+            let limit = match h.tag {
+                b'D' | b'd' | b'V' => max_message,
+                _ => limits.upstream_message_bytes,
+            };
+            if h.total_len > limit {
+                // Fail closed: a message that cannot be assembled for masking is not sent.
                 return Err(SessionError::MaskingFailed(format!(
-                    "a {}-byte result message exceeds the masking limit",
-                    h.total_len
+                    "a {}-byte upstream message ({}) exceeds the limit of {limit} bytes",
+                    h.total_len, h.tag as char
                 )));
             }
             let avail = buf.len() - pos;
@@ -1234,44 +2066,87 @@ where
                 break;
             }
             let body = &buf[pos + HEADER_LEN..pos + h.total_len];
-            if let Some(replacement) = masking.message(h.tag, body)? {
+            let mut keep_back = false;
+            match h.tag {
+                b'D' => {
+                    if plan_stale {
+                        rows_plan = {
+                            let s = lock(shared);
+                            match s.pending.front().map(|p| &p.kind) {
+                                Some(Kind::Execute { portal }) => {
+                                    portal_plans.get(portal).cloned().ok_or_else(|| {
+                                        SessionError::MaskingFailed(
+                                            "rows of a portal whose columns are not known".into(),
+                                        )
+                                    })?
+                                }
+                                Some(Kind::Simple) => Arc::clone(&simple_plan),
+                                _ => {
+                                    return Err(SessionError::UpstreamProtocol(
+                                        "a DataRow that answers no statement".into(),
+                                    ))
+                                }
+                            }
+                        };
+                        plan_stale = false;
+                    }
+                    rows += 1;
+                }
+                b'S' => {
+                    // The unmasked value: what the server will read statements with.
+                    if let Ok((k, v)) = gatehouse_pgwire::decode_parameter_status(body) {
+                        lock(shared).settings.observe(k, v);
+                    }
+                }
+                b'G' => {
+                    lock(shared).copy_in = true;
+                    answered.notify_waiters();
+                }
+                b'T' | b'n' | b't' | b'1' | b'2' | b'3' | b'C' | b'E' | b'Z' | b'I' | b's' => {
+                    let effect = {
+                        let mut s = lock(shared);
+                        s.stats.rows += rows;
+                        rows = 0;
+                        let before = done.len();
+                        let effect = outcome(gw, info, &mut s, h.tag, body, &mut done)?;
+                        if done.len() > before {
+                            note_masked(gw, info, &mut masking, &mut done);
+                        }
+                        effect
+                    };
+                    plan_stale = true;
+                    match effect {
+                        Effect::Forward => {}
+                        Effect::KeepBack => keep_back = true,
+                        Effect::SimpleColumns => simple_plan = masking.plan(body)?,
+                        Effect::PortalColumns { portal, swallow } => {
+                            let plan = if h.tag == b'T' {
+                                masking.plan(body)?
+                            } else {
+                                Arc::from(Vec::new())
+                            };
+                            portal_plans.insert(portal, plan);
+                            keep_back = swallow;
+                        }
+                        Effect::NewPortal(p) => {
+                            portal_plans.remove(&p);
+                        }
+                        Effect::Ready => answered.notify_waiters(),
+                    }
+                }
+                _ => {}
+            }
+            if keep_back {
+                let o = out.get_or_insert_with(BytesMut::new);
+                o.extend_from_slice(&buf[copied..pos]);
+                copied = pos + h.total_len;
+            } else if let Some(replacement) = masking.message(h.tag, body, &rows_plan)? {
                 let o = out.get_or_insert_with(BytesMut::new);
                 o.extend_from_slice(&buf[copied..pos]);
                 o.extend_from_slice(&replacement);
                 copied = pos + h.total_len;
             }
             ready |= h.tag == b'Z';
-            match h.tag {
-                b'D' => rows += 1,
-                b'C' | b'E' | b'Z' | b'I' | b's' => {
-                    let mut s = lock(shared);
-                    s.stats.rows += rows;
-                    rows = 0;
-                    let before = done.len();
-                    outcome(gw, info, &mut s, h.tag, body, &mut done)?;
-                    if done.len() > before {
-                        let hits = masking.counts.vaulted_hits();
-                        if let (Some(note), Some(r)) = (masking.take_note(), done.last_mut()) {
-                            r.reason = Some(match r.reason.take() {
-                                Some(prev) => format!("{prev}; {note}"),
-                                None => note,
-                            });
-                            if hits > 0 {
-                                // A leak that was stopped is its own evidence item.
-                                let mut leak = info.record(gw, EventKind::SecretMasked);
-                                leak.ref_seq = r.ref_seq;
-                                leak.rows = Some(i64::try_from(hits).unwrap_or(i64::MAX));
-                                leak.decision = Some(Decision::Deny);
-                                leak.reason = Some(format!(
-                                    "{hits} occurrence(s) of a vaulted credential masked in the response"
-                                ));
-                                done.push(leak);
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
             pos += h.total_len;
         }
         if rows > 0 {
@@ -1299,7 +2174,9 @@ where
                 }
                 None => &buf[..pos],
             };
-            wr.write_all(bytes).await?;
+            if !bytes.is_empty() {
+                wr.write_all(bytes).await?;
+            }
             lock(shared).stats.bytes_out += bytes.len() as u64;
             if let Some(rec) = recorder.as_mut() {
                 let just_truncated = rec.push(bytes);
@@ -1315,7 +2192,49 @@ where
     }
 }
 
-/// Applies one outcome message to the pending statements.
+/// Adds what was masked since the last outcome to the newest outcome record (and a
+/// `secret.masked` record when a vaulted credential was caught).
+fn note_masked(gw: &Gateway, info: &SessionInfo, masking: &mut Masking, done: &mut Vec<Record>) {
+    let hits = masking.counts.vaulted_hits();
+    if let (Some(note), Some(r)) = (masking.take_note(), done.last_mut()) {
+        r.reason = Some(match r.reason.take() {
+            Some(prev) => format!("{prev}; {note}"),
+            None => note,
+        });
+        if hits > 0 {
+            // A leak that was stopped is its own evidence item.
+            let mut leak = info.record(gw, EventKind::SecretMasked);
+            leak.ref_seq = r.ref_seq;
+            leak.rows = Some(i64::try_from(hits).unwrap_or(i64::MAX));
+            leak.decision = Some(Decision::Deny);
+            leak.reason = Some(format!(
+                "{hits} occurrence(s) of a vaulted credential masked in the response"
+            ));
+            done.push(leak);
+        }
+    }
+}
+
+/// What the upstream side does with a message after the expected answers took it in.
+#[derive(Debug)]
+enum Effect {
+    Forward,
+    /// An answer to a message Gatehouse injected: the client does not expect it.
+    KeepBack,
+    /// The RowDescription of a simple Query's next result.
+    SimpleColumns,
+    /// A portal's columns (RowDescription or NoData).
+    PortalColumns {
+        portal: Arc<str>,
+        swallow: bool,
+    },
+    /// A portal was (re)bound: its old columns no longer apply.
+    NewPortal(Arc<str>),
+    /// ReadyForQuery: a boundary was answered.
+    Ready,
+}
+
+/// Applies one answer to the expected answers and the confirmed maps.
 fn outcome(
     gw: &Gateway,
     info: &SessionInfo,
@@ -1323,62 +2242,179 @@ fn outcome(
     tag: u8,
     body: &[u8],
     done: &mut Vec<Record>,
-) -> Result<(), SessionError> {
+) -> Result<Effect, SessionError> {
     let bad = |e: gatehouse_pgwire::ProtocolError| SessionError::UpstreamProtocol(e.to_string());
+    let front = s.pending.front().map(|p| &p.kind);
     match tag {
-        b'C' => {
-            let n = command_tag_rows(decode_command_complete(body).map_err(bad)?);
-            if let Some(p) = s.current() {
-                // A simple Query may hold several statements: their counts add up.
-                p.rows += n.unwrap_or(0);
-                if p.kind == Kind::Execute {
-                    p.done = true;
-                    done.push(result_record(gw, info, p));
+        b'T' | b'n' => match front {
+            Some(Kind::Describe { portal, swallow }) => {
+                let effect = match portal {
+                    Some(p) => Effect::PortalColumns {
+                        portal: Arc::clone(p),
+                        swallow: *swallow,
+                    },
+                    None if *swallow => Effect::KeepBack,
+                    None => Effect::Forward,
+                };
+                s.pending.pop_front();
+                Ok(effect)
+            }
+            Some(Kind::Simple) if tag == b'T' => Ok(Effect::SimpleColumns),
+            _ => Ok(Effect::Forward),
+        },
+        b't' => match front {
+            Some(Kind::Describe { swallow: true, .. }) => Ok(Effect::KeepBack),
+            _ => Ok(Effect::Forward),
+        },
+        b'1' => {
+            if let Some(Kind::Parse { .. }) = front {
+                if let Some(Pending {
+                    kind:
+                        Kind::Parse {
+                            name,
+                            prepared,
+                            swallow,
+                        },
+                    ..
+                }) = s.pending.pop_front()
+                {
+                    s.statements.insert(name, prepared);
+                    if swallow {
+                        return Ok(Effect::KeepBack);
+                    }
                 }
             }
+            Ok(Effect::Forward)
+        }
+        b'2' => {
+            if let Some(Kind::Bind { .. }) = front {
+                if let Some(Pending {
+                    kind: Kind::Bind { portal, prepared },
+                    ..
+                }) = s.pending.pop_front()
+                {
+                    s.portals.insert(Arc::clone(&portal), prepared);
+                    return Ok(Effect::NewPortal(portal));
+                }
+            }
+            Ok(Effect::Forward)
+        }
+        b'3' => {
+            if let Some(Kind::Close { .. }) = front {
+                if let Some(Pending {
+                    kind: Kind::Close { statement, name },
+                    ..
+                }) = s.pending.pop_front()
+                {
+                    if statement {
+                        s.statements.remove(&name);
+                    } else {
+                        s.portals.remove(&name);
+                    }
+                }
+            }
+            Ok(Effect::Forward)
+        }
+        b'C' => {
+            s.copy_in = false;
+            let n = command_tag_rows(decode_command_complete(body).map_err(bad)?);
+            match front {
+                // A simple Query may hold several statements: their counts add up.
+                Some(Kind::Simple) => {
+                    if let Some(p) = s.pending.front_mut() {
+                        p.rows += n.unwrap_or(0);
+                    }
+                }
+                Some(Kind::Execute { .. }) => {
+                    if let Some(mut p) = s.pending.pop_front() {
+                        p.rows += n.unwrap_or(0);
+                        done.push(result_record(gw, info, &p));
+                    }
+                }
+                _ => {}
+            }
+            Ok(Effect::Forward)
         }
         b'I' | b's' => {
-            if let Some(p) = s.current() {
-                if p.kind == Kind::Execute {
-                    p.done = true;
-                    done.push(result_record(gw, info, p));
+            if let Some(Kind::Execute { .. }) = front {
+                if let Some(p) = s.pending.pop_front() {
+                    done.push(result_record(gw, info, &p));
                 }
             }
+            Ok(Effect::Forward)
         }
         b'E' => {
+            s.copy_in = false;
             let f = decode_error_fields(body).map_err(bad)?;
-            if let Some(p) = s.current() {
-                if p.sqlstate.is_none() {
-                    p.sqlstate = f.code.map(str::to_owned);
+            let code = f.code.map(str::to_owned);
+            match front {
+                None | Some(Kind::Boundary) => {}
+                Some(Kind::Simple | Kind::Call) => {
+                    if let Some(p) = s.front_mut() {
+                        if p.sqlstate.is_none() {
+                            p.sqlstate = code;
+                        }
+                    }
                 }
-                if p.kind == Kind::Execute {
-                    p.done = true;
-                    done.push(result_record(gw, info, p));
+                Some(_) => {
+                    // Extended protocol: this message failed and the server skips every
+                    // message up to the next Sync.
+                    if let Some(mut p) = s.pending.pop_front() {
+                        if let Kind::Execute { .. } = p.kind {
+                            p.sqlstate = code;
+                            done.push(result_record(gw, info, &p));
+                        }
+                    }
+                    while s.pending.front().is_some_and(|p| !p.kind.is_boundary()) {
+                        if let Some(p) = s.pending.pop_front() {
+                            if p.seq.is_some() {
+                                let mut r = result_record(gw, info, &p);
+                                r.sqlstate = None;
+                                r.reason = Some(
+                                    "not executed: an earlier message in the batch failed".into(),
+                                );
+                                done.push(r);
+                            }
+                        }
+                    }
                 }
             }
+            Ok(Effect::Forward)
         }
         b'Z' => {
+            s.copy_in = false;
             while let Some(p) = s.pending.pop_front() {
                 match p.kind {
                     Kind::Boundary => break,
                     Kind::Simple => {
                         done.push(result_record(gw, info, &p));
+                        // A simple Query drops the unnamed prepared statement.
+                        s.statements.remove("");
                         break;
                     }
-                    Kind::Execute if !p.done => {
+                    Kind::Call => {
+                        done.push(result_record(gw, info, &p));
+                        break;
+                    }
+                    _ if p.seq.is_some() => {
                         let mut r = result_record(gw, info, &p);
                         r.sqlstate = None;
                         r.reason =
                             Some("not executed: an earlier message in the batch failed".into());
                         done.push(r);
                     }
-                    Kind::Execute => {}
+                    _ => {}
                 }
             }
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if body == b"I" {
+                // Outside a transaction block no portal survives.
+                s.portals.clear();
+            }
+            Ok(Effect::Ready)
         }
-        _ => {}
+        _ => Ok(Effect::Forward),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1413,12 +2449,17 @@ mod tests {
     fn push(s: &mut Shared, kind: Kind, seq: Seq) {
         s.pending.push_back(Pending {
             kind,
-            seq,
+            seq: (seq != 0).then_some(seq),
             started: Instant::now(),
             rows: 0,
             sqlstate: None,
-            done: false,
         });
+    }
+
+    fn exec() -> Kind {
+        Kind::Execute {
+            portal: Arc::from(""),
+        }
     }
 
     fn body(f: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
@@ -1465,10 +2506,10 @@ mod tests {
         let mut s = Shared::default();
         let mut done = Vec::new();
         // [Execute 1, Execute 2, Sync] [Execute 3, Sync]
-        push(&mut s, Kind::Execute, 1);
-        push(&mut s, Kind::Execute, 2);
+        push(&mut s, exec(), 1);
+        push(&mut s, exec(), 2);
         push(&mut s, Kind::Boundary, 0);
-        push(&mut s, Kind::Execute, 3);
+        push(&mut s, exec(), 3);
         push(&mut s, Kind::Boundary, 0);
         let err =
             body(|b| encode_error(b, Severity::Error, "22012", "division by zero", None, None));
@@ -1497,7 +2538,7 @@ mod tests {
         let mut done = Vec::new();
         // [Parse(fails), Sync] [Execute 9, Sync]
         push(&mut s, Kind::Boundary, 0);
-        push(&mut s, Kind::Execute, 9);
+        push(&mut s, exec(), 9);
         push(&mut s, Kind::Boundary, 0);
         let err = body(|b| encode_error(b, Severity::Error, "42601", "syntax error", None, None));
         outcome(&gw, &info(), &mut s, b'E', &err, &mut done).unwrap();
@@ -1514,8 +2555,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gw = gateway(dir.path());
         let mut st = ClientState::default();
-        let mut recs = Vec::new();
-        let mut pend = Vec::new();
+        let mut ob = Outbox::default();
+        let shared = Mutex::new(Shared::default());
         let mut wire = BytesMut::new();
         gatehouse_pgwire::encode_parse(&mut wire, "s1", "select $1::int + $2::int", &[23, 23]);
         gatehouse_pgwire::encode_bind(&mut wire, "p1", "s1", &[Some(b"1"), Some(b"2")]);
@@ -1523,9 +2564,10 @@ mod tests {
         gatehouse_pgwire::encode_sync(&mut wire);
         let mut rest = &wire[..];
         while let Some(f) = gatehouse_pgwire::next_frame(rest, 1 << 20).unwrap() {
-            inspect(&mut st, &gw, &info(), f, &mut recs, &mut pend).unwrap();
+            inspect(&mut st, &gw, &info(), f, &mut ob, &shared).unwrap();
             rest = &rest[f.wire_len()..];
         }
+        let recs = &ob.records;
         assert_eq!(recs.len(), 1);
         assert_eq!(
             recs[0].statement.as_deref(),
@@ -1534,9 +2576,21 @@ mod tests {
         assert_eq!(recs[0].statement_name.as_deref(), Some("s1"));
         assert_eq!(recs[0].param_count, Some(2));
         assert_eq!(recs[0].protocol.as_deref(), Some("extended"));
+        let kinds: Vec<&str> = ob
+            .pending
+            .iter()
+            .map(|p| match p.0 {
+                Kind::Parse { .. } => "parse",
+                Kind::Bind { .. } => "bind",
+                Kind::Describe { swallow: true, .. } => "describe (injected)",
+                Kind::Execute { .. } => "execute",
+                Kind::Boundary => "sync",
+                _ => "other",
+            })
+            .collect();
         assert_eq!(
-            pend.iter().map(|p| p.0).collect::<Vec<_>>(),
-            vec![Kind::Execute, Kind::Boundary]
+            kinds,
+            vec!["parse", "bind", "describe (injected)", "execute", "sync"]
         );
     }
 }

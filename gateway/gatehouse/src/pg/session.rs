@@ -199,7 +199,19 @@ async fn run(
     client.write_all(&hello).await?;
     client.flush().await?;
 
-    let stats = relay::run(gw, info, client, up.stream, buf).await;
+    // How the server reads statement text, as it reported at startup (followed on every
+    // change by the relay).
+    let settings = relay::ServerSettings::from_startup(&up.tail);
+    let stats = relay::run(
+        gw,
+        info,
+        client,
+        up.stream,
+        buf,
+        settings,
+        relay::Limits::default(),
+    )
+    .await;
     let (stats, err) = match stats {
         Ok(s) => (s, None),
         Err((s, e)) => (s, Some(e)),
