@@ -164,14 +164,15 @@ pub async fn run(
             loop {
                 match listener.accept().await {
                     // Counted from accept: a connection that has not logged in holds a slot.
-                    Ok((tcp, peer)) => match ctx.slots.admit() {
+                    // With every session and refusal slot busy this waits, and further
+                    // connections wait in the kernel's accept queue.
+                    Ok((tcp, peer)) => match ctx.slots.admit().await {
                         Admission::Session(slot) => {
                             tokio::spawn(session::handle(gw.clone(), ctx.clone(), tcp, peer, slot));
                         }
                         Admission::Refuse(slot) => {
                             tokio::spawn(session::refuse(gw.clone(), ctx.clone(), tcp, peer, slot));
                         }
-                        Admission::Drop => session::drop_unanswered(&gw, &ctx, tcp, peer),
                     },
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Connections over a listener's session limit that are still answered (negotiated as usual,
-/// then told 53300 and closed) at the same time. Beyond this, an over-limit connection is
-/// closed unanswered, so a flood costs at most this many short-lived tasks.
+/// Connections over a listener's session limit that are being answered (negotiated as usual,
+/// then told 53300 and closed) at the same time. When all are busy the listener stops
+/// accepting until one is free: further connections wait in the kernel's accept queue, so a
+/// flood costs at most this many short-lived tasks.
 pub const REFUSAL_SLOTS: usize = 256;
 
 /// How long an over-limit connection may take to reach its StartupMessage (or cancel
@@ -31,8 +32,6 @@ pub enum Admission {
     Session(OwnedSemaphorePermit),
     /// Over the limit: negotiate, answer 53300, close (holding a refusal slot).
     Refuse(OwnedSemaphorePermit),
-    /// Over the limit and too many refusals in flight: close without a word.
-    Drop,
 }
 
 impl ListenerSlots {
@@ -48,14 +47,24 @@ impl ListenerSlots {
         self.limit
     }
 
-    /// Takes a slot for a connection just accepted.
-    pub fn admit(&self) -> Admission {
+    /// Takes a slot for a connection just accepted: a session slot if one is free, else a
+    /// refusal slot; with neither free, waits for the first of either.
+    pub async fn admit(&self) -> Admission {
         if let Ok(p) = self.sessions.clone().try_acquire_owned() {
             return Admission::Session(p);
         }
-        match self.refusals.clone().try_acquire_owned() {
-            Ok(p) => Admission::Refuse(p),
-            Err(_) => Admission::Drop,
+        if let Ok(p) = self.refusals.clone().try_acquire_owned() {
+            return Admission::Refuse(p);
+        }
+        loop {
+            // The semaphores are never closed, so neither arm fails; if one did, the other
+            // is still waited for.
+            tokio::select! {
+                biased;
+                Ok(p) = self.sessions.clone().acquire_owned() => return Admission::Session(p),
+                Ok(p) = self.refusals.clone().acquire_owned() => return Admission::Refuse(p),
+                else => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
         }
     }
 
@@ -136,32 +145,48 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn listener_slots_admit_up_to_the_limit_then_refuse_then_drop() {
-        let slots = ListenerSlots::new(2);
-        let a = slots.admit();
-        let b = slots.admit();
+    #[tokio::test]
+    async fn listener_slots_admit_up_to_the_limit_then_refuse_then_wait() {
+        let slots = Arc::new(ListenerSlots::new(2));
+        let a = slots.admit().await;
+        let b = slots.admit().await;
         assert!(matches!(a, Admission::Session(_)));
         assert!(matches!(b, Admission::Session(_)));
         let mut refusals = Vec::new();
         for _ in 0..REFUSAL_SLOTS {
-            let r = slots.admit();
+            let r = slots.admit().await;
             assert!(matches!(r, Admission::Refuse(_)));
             refusals.push(r);
         }
-        assert!(matches!(slots.admit(), Admission::Drop));
         assert_eq!(slots.in_use(), 2 + REFUSAL_SLOTS);
+        // Everything busy: the next admission waits, and a freed session slot wins.
+        let s2 = Arc::clone(&slots);
+        let waiting = tokio::spawn(async move { s2.admit().await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
         drop(a);
-        let c = slots.admit();
+        let c = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(matches!(c, Admission::Session(_)));
+        // Then a freed refusal slot.
+        let s3 = Arc::clone(&slots);
+        let waiting = tokio::spawn(async move { s3.admit().await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
         refusals.pop();
-        assert!(matches!(slots.admit(), Admission::Refuse(_)));
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(r, Admission::Refuse(_)));
     }
 
     #[tokio::test]
     async fn drained_waits_for_every_slot() {
         let slots = Arc::new(ListenerSlots::new(3));
-        let held = slots.admit();
+        let held = slots.admit().await;
         let s2 = Arc::clone(&slots);
         let waiter = tokio::spawn(async move { s2.drained().await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

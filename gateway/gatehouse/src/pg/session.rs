@@ -232,26 +232,6 @@ pub async fn refuse(
     }
 }
 
-/// A connection over `limits.sessions_per_listener` while every refusal slot is busy: closed
-/// at once, unanswered, and recorded.
-pub fn drop_unanswered(gw: &Gateway, lst: &ListenerCtx, tcp: TcpStream, peer: SocketAddr) {
-    drop(tcp);
-    let info = new_info(lst, peer);
-    let mut rec = info.record(gw, EventKind::LoginFailure);
-    rec.decision = Some(Decision::Deny);
-    rec.reason = Some(format!(
-        "{}; closed unanswered ({} refusals in progress)",
-        SessionError::TooManyConnections {
-            listener: lst.name.clone(),
-            limit: lst.slots.limit(),
-        },
-        super::limits::REFUSAL_SLOTS
-    ));
-    rec.sqlstate = Some("53300".into());
-    let _ = gw.audit.append_nowait(rec);
-    tracing::warn!(listener = %lst.name, source = %info.source, "connection closed unanswered: listener at its session limit and refusals busy");
-}
-
 async fn run(
     gw: &Arc<Gateway>,
     lst: &ListenerCtx,
