@@ -13,6 +13,8 @@ pub enum ErrorKind {
     Conflict,
     /// The input is malformed (HTTP 400).
     Invalid,
+    /// A configured limit is reached; retry once something is decided or expired (HTTP 429).
+    Limit,
     /// The store failed (HTTP 500); details go to the log, not to clients.
     Internal,
 }
@@ -41,6 +43,11 @@ pub enum ApprovalError {
     GrantNotActive { id: String, status: GrantStatus },
     #[error("grant {id} expired")]
     GrantExpired { id: String },
+    #[error(
+        "{user} already has {limit} pending approval requests (the limit, \
+         limits.pending_approvals_per_user); wait until some are decided or expire"
+    )]
+    TooManyPending { user: String, limit: u32 },
     #[error("invalid input: {0}")]
     Invalid(String),
     #[error("approval store is corrupt: {0}")]
@@ -74,6 +81,7 @@ impl ApprovalError {
             | ApprovalError::GrantNotActive { .. }
             | ApprovalError::GrantExpired { .. } => ErrorKind::Conflict,
             ApprovalError::Invalid(_) => ErrorKind::Invalid,
+            ApprovalError::TooManyPending { .. } => ErrorKind::Limit,
             ApprovalError::Corrupt(_)
             | ApprovalError::UnsupportedSchema { .. }
             | ApprovalError::NotWal { .. }

@@ -29,6 +29,9 @@
 //!   generator (`ring::rand::SystemRandom`), 80 bits, shown to users (`apr_…`, `grt_…`).
 //! - Every state change returns the updated object, so the caller can audit it; the store itself
 //!   never performs network I/O (webhook delivery is not built yet).
+//! - A requester has at most `max_pending_per_requester` pending, unexpired requests (all
+//!   connections together, names compared ignoring ASCII case): counted and inserted in the
+//!   same `BEGIN IMMEDIATE` transaction, so concurrent sessions cannot overshoot it.
 //! - Tokens are never stored; the statement text is stored (approvers must see it) and webhook
 //!   payloads truncate it.
 
@@ -51,7 +54,10 @@ pub use error::{ApprovalError, ErrorKind};
 pub use event::{GrantEvent, RequestEvent};
 pub use gatehouse_policy::GrantScope;
 pub use ids::{GrantId, RequestId};
-pub use store::{ApprovalStore, StoreOptions, DEFAULT_APPROVAL_WINDOW, DEFAULT_BUSY_TIMEOUT};
+pub use store::{
+    ApprovalStore, StoreOptions, DEFAULT_APPROVAL_WINDOW, DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_MAX_PENDING_PER_REQUESTER,
+};
 
 /// Longest approval window an approver may give (`Decide::approved_for`).
 pub const MAX_APPROVAL_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);

@@ -177,6 +177,9 @@ fn validate(req: &NewRequest) -> Result<(), ApprovalError> {
 
 impl ApprovalStore {
     /// Record a new pending request. The returned request is the event `requested`.
+    ///
+    /// Refused with [`ApprovalError::TooManyPending`] when the requester already has the
+    /// store's `max_pending_per_requester` pending, unexpired requests (any connection).
     pub fn create_request(&self, req: NewRequest) -> Result<Request, ApprovalError> {
         validate(&req)?;
         let id = RequestId::random()?;
@@ -184,7 +187,23 @@ impl ApprovalStore {
         let requester_groups = names_to_json(&req.requester_groups)?;
         let approvers = names_to_json(&req.approvers)?;
         let (created, expires) = (to_ms(req.now)?, to_ms(req.expires_at)?);
+        let limit = self.max_pending();
         let out = self.write(|tx| {
+            // Counted in the write transaction: no other writer can add one in between.
+            // `lower()` folds ASCII only, like `same_user`.
+            let pending: i64 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM requests
+                     WHERE lower(requester) = lower(?1) AND status = 'pending'
+                       AND expires_at > ?2",
+                )?
+                .query_row(params![req.requester, created], |r| r.get(0))?;
+            if pending >= i64::from(limit) {
+                return Err(ApprovalError::TooManyPending {
+                    user: req.requester.clone(),
+                    limit,
+                });
+            }
             tx.execute(
                 "INSERT INTO requests (id, requester, requester_groups, connection, statement,
                     statement_sha256, rule, reason, approvers, min_approvals, mode, status,
@@ -448,5 +467,97 @@ impl ApprovalStore {
             )?;
             Ok(found.into_iter().find(|r| r.statement == statement))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::Duration;
+
+    use crate::{ApprovalError, ApprovalStore, ErrorKind, NewRequest, RequestFilter, RequestMode};
+    use crate::{Decide, StoreOptions, Verdict};
+
+    fn new(requester: &str, connection: &str, sql: &str, now: std::time::SystemTime) -> NewRequest {
+        NewRequest {
+            requester: requester.into(),
+            requester_groups: vec!["analysts".into()],
+            connection: connection.into(),
+            statement: sql.into(),
+            rule: "rule:w".into(),
+            reason: "r".into(),
+            approvers: vec!["dba".into()],
+            min_approvals: 1,
+            mode: RequestMode::Ticket,
+            expires_at: now + Duration::from_secs(60),
+            now,
+        }
+    }
+
+    #[test]
+    fn pending_requests_per_requester_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            max_pending_per_requester: 2,
+            ..StoreOptions::default()
+        };
+        let store = ApprovalStore::open_with(dir.path().join("a.db"), opts).unwrap();
+        let now = std::time::SystemTime::now();
+        let first = store
+            .create_request(new("alice", "app", "DELETE 1", now))
+            .unwrap();
+        store
+            .create_request(new("alice", "other", "DELETE 2", now))
+            .unwrap();
+        // A third, on any connection and in any ASCII case, is refused and not stored.
+        for (user, conn) in [("alice", "app"), ("ALICE", "third")] {
+            let e = store
+                .create_request(new(user, conn, "DELETE 3", now))
+                .unwrap_err();
+            assert!(
+                matches!(e, ApprovalError::TooManyPending { limit: 2, .. }),
+                "{e:?}"
+            );
+            assert_eq!(e.kind(), ErrorKind::Limit);
+            assert!(e.client_message().contains("pending_approvals_per_user"));
+        }
+        assert_eq!(store.list(RequestFilter::All, 100).unwrap().len(), 2);
+        // Other users are not affected.
+        store
+            .create_request(new("bob", "app", "DELETE 3", now))
+            .unwrap();
+        // A decided request frees its place.
+        store
+            .decide(
+                &first.id,
+                Decide {
+                    approver: "carol",
+                    approver_groups: &["dba".to_owned()],
+                    verdict: Verdict::Deny,
+                    comment: None,
+                    approved_for: None,
+                    now,
+                },
+            )
+            .unwrap();
+        store
+            .create_request(new("alice", "app", "DELETE 3", now))
+            .unwrap();
+        // So does an expired one (still `pending` until `expire` runs), and a raised limit.
+        let later = now + Duration::from_secs(61);
+        store
+            .create_request(new("alice", "app", "DELETE 4", later))
+            .unwrap();
+        store
+            .create_request(new("alice", "app", "DELETE 5", later))
+            .unwrap();
+        assert!(store
+            .create_request(new("alice", "app", "DELETE 6", later))
+            .is_err());
+        store.set_max_pending_per_requester(3);
+        assert_eq!(store.options().max_pending_per_requester, 3);
+        store
+            .create_request(new("alice", "app", "DELETE 6", later))
+            .unwrap();
     }
 }

@@ -3,6 +3,7 @@
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,6 +16,9 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an approval stays usable when the approver gives no window.
 pub const DEFAULT_APPROVAL_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Pending requests one user may have at a time unless configured otherwise.
+pub const DEFAULT_MAX_PENDING_PER_REQUESTER: u32 = 20;
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -84,6 +88,9 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// Default for `Decide::approved_for`.
     pub approval_window: Duration,
+    /// Pending, unexpired requests one requester may have; `create_request` refuses more
+    /// with [`ApprovalError::TooManyPending`]. At least 1.
+    pub max_pending_per_requester: u32,
 }
 
 impl Default for StoreOptions {
@@ -91,6 +98,7 @@ impl Default for StoreOptions {
         Self {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             approval_window: DEFAULT_APPROVAL_WINDOW,
+            max_pending_per_requester: DEFAULT_MAX_PENDING_PER_REQUESTER,
         }
     }
 }
@@ -102,6 +110,8 @@ impl Default for StoreOptions {
 pub struct ApprovalStore {
     pub(crate) conn: Arc<Mutex<Connection>>,
     pub(crate) opts: StoreOptions,
+    /// `opts.max_pending_per_requester`, changeable while running (configuration reload).
+    max_pending: Arc<AtomicU32>,
     path: PathBuf,
 }
 
@@ -121,6 +131,11 @@ impl ApprovalStore {
         if opts.approval_window.is_zero() || opts.approval_window > crate::MAX_APPROVAL_WINDOW {
             return Err(ApprovalError::Invalid(
                 "approval window must be between 1 ms and 24 h".to_owned(),
+            ));
+        }
+        if opts.max_pending_per_requester == 0 {
+            return Err(ApprovalError::Invalid(
+                "max_pending_per_requester must be at least 1".to_owned(),
             ));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -146,6 +161,7 @@ impl ApprovalStore {
         tracing::debug!(path = %path.display(), "approval store opened");
         Ok(ApprovalStore {
             conn: Arc::new(Mutex::new(conn)),
+            max_pending: Arc::new(AtomicU32::new(opts.max_pending_per_requester)),
             opts,
             path: path.to_owned(),
         })
@@ -158,7 +174,20 @@ impl ApprovalStore {
 
     /// The options in effect.
     pub fn options(&self) -> StoreOptions {
-        self.opts
+        StoreOptions {
+            max_pending_per_requester: self.max_pending(),
+            ..self.opts
+        }
+    }
+
+    /// Changes the pending-request limit of every clone of this handle (0 is taken as 1).
+    /// Requests already pending stay; only new ones are refused while over the limit.
+    pub fn set_max_pending_per_requester(&self, n: u32) {
+        self.max_pending.store(n.max(1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn max_pending(&self) -> u32 {
+        self.max_pending.load(Ordering::Relaxed)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {

@@ -48,6 +48,109 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// The read-only SFTP server for auditors (`gatehouse-sftp`). Absent: not started.
     pub sftp: Option<gatehouse_sftp::SftpConfig>,
+    /// Resource limits: sessions, statement and message sizes, pending approvals.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Resource limits. Every session, statement, upstream message and pending approval request
+/// is bounded by one of these (ARCHITECTURE.md, invariants).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Concurrent client connections on each PostgreSQL listener, counted from accept (so
+    /// including connections that have not logged in yet). Read at start.
+    #[serde(default = "default_sessions_per_listener")]
+    pub sessions_per_listener: u32,
+    /// Concurrent logged-in PostgreSQL sessions of one user (issuer and name) across the
+    /// gateway.
+    #[serde(default = "default_sessions_per_user")]
+    pub sessions_per_user: u32,
+    /// Largest statement text the gateway parses and judges, in bytes.
+    #[serde(default = "default_statement_bytes")]
+    pub statement_bytes: u32,
+    /// Largest upstream message other than DataRow (ErrorResponse, NoticeResponse,
+    /// FunctionCallResponse, …) assembled for masking, in bytes.
+    #[serde(default = "default_upstream_message_bytes")]
+    pub upstream_message_bytes: u32,
+    /// Pending (undecided, unexpired) approval requests of one user.
+    #[serde(default = "default_pending_approvals_per_user")]
+    pub pending_approvals_per_user: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            sessions_per_listener: default_sessions_per_listener(),
+            sessions_per_user: default_sessions_per_user(),
+            statement_bytes: default_statement_bytes(),
+            upstream_message_bytes: default_upstream_message_bytes(),
+            pending_approvals_per_user: default_pending_approvals_per_user(),
+        }
+    }
+}
+
+fn default_sessions_per_listener() -> u32 {
+    1000
+}
+fn default_sessions_per_user() -> u32 {
+    100
+}
+fn default_statement_bytes() -> u32 {
+    1 << 20
+}
+fn default_upstream_message_bytes() -> u32 {
+    1 << 20
+}
+fn default_pending_approvals_per_user() -> u32 {
+    20
+}
+
+/// Upper bounds of the limits: beyond them a value is a typo, not a tuning.
+const MAX_SESSIONS: u32 = 1_000_000;
+/// PostgreSQL's own bound on one message (`PQ_LARGE_MESSAGE_LIMIT`, 1 GiB - 1).
+const MAX_MESSAGE_BYTES: u32 = (1 << 30) - 1;
+/// Each pending request stores up to 1 MiB of statement text; more than this many per user
+/// is a typo.
+const MAX_PENDING_APPROVALS: u32 = 10_000;
+/// Smallest message limit: ErrorResponses of 8 KiB are common (long DETAIL/HINT/CONTEXT).
+const MIN_MESSAGE_BYTES: u32 = 8 * 1024;
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), String> {
+        for (key, v, lo, hi) in [
+            (
+                "sessions_per_listener",
+                self.sessions_per_listener,
+                1,
+                MAX_SESSIONS,
+            ),
+            ("sessions_per_user", self.sessions_per_user, 1, MAX_SESSIONS),
+            (
+                "statement_bytes",
+                self.statement_bytes,
+                MIN_MESSAGE_BYTES,
+                MAX_MESSAGE_BYTES,
+            ),
+            (
+                "upstream_message_bytes",
+                self.upstream_message_bytes,
+                MIN_MESSAGE_BYTES,
+                MAX_MESSAGE_BYTES,
+            ),
+            (
+                "pending_approvals_per_user",
+                self.pending_approvals_per_user,
+                1,
+                MAX_PENDING_APPROVALS,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(format!("limits.{key} must be {lo}-{hi} (got {v})"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Just-in-time approvals.
@@ -480,6 +583,7 @@ impl Config {
                 ));
             }
         }
+        self.limits.validate()?;
         let mut seen = std::collections::HashSet::new();
         for l in &self.listeners {
             if !valid_name(&l.name) {
@@ -688,6 +792,47 @@ tags = { environment = "production" }
         assert!(e.to_string().contains("worker_threads"), "{e}");
         assert!(with("100000").is_err());
         assert!(with("-1").is_err());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bounds() {
+        let l = load(BASE).unwrap().config.limits;
+        assert_eq!(l, LimitsConfig::default());
+        assert_eq!(l.sessions_per_listener, 1000);
+        assert_eq!(l.sessions_per_user, 100);
+        assert_eq!(l.statement_bytes, 1 << 20);
+        assert_eq!(l.upstream_message_bytes, 1 << 20);
+        assert_eq!(l.pending_approvals_per_user, 20);
+        let with = |extra: &str| load(&format!("{BASE}\n[limits]\n{extra}\n"));
+        let l = with(
+            "sessions_per_listener = 200\nsessions_per_user = 2\npending_approvals_per_user = 3",
+        )
+        .unwrap()
+        .config
+        .limits;
+        assert_eq!(
+            (
+                l.sessions_per_listener,
+                l.sessions_per_user,
+                l.pending_approvals_per_user
+            ),
+            (200, 2, 3)
+        );
+        assert_eq!(l.statement_bytes, 1 << 20);
+        for bad in [
+            "sessions_per_listener = 0",
+            "sessions_per_user = 0",
+            "pending_approvals_per_user = 0",
+            "statement_bytes = 100",
+            "upstream_message_bytes = 1073741824",
+            "sessions_per_listener = -1",
+        ] {
+            assert!(with(bad).is_err(), "{bad} accepted");
+        }
+        let e = with("sessions_per_usr = 5").unwrap_err();
+        assert!(e.to_string().contains("sessions_per_usr"), "{e}");
+        let e = with("sessions_per_user = 0").unwrap_err();
+        assert!(e.to_string().contains("limits.sessions_per_user"), "{e}");
     }
 
     #[test]

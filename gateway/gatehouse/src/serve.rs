@@ -11,7 +11,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ListenerProtocol, LoadedConfig, LogFormat};
+use crate::pg::limits::Admission;
 use crate::pg::session::{self, ListenerCtx};
+
+/// How long shutdown waits for PostgreSQL sessions to record their end.
+const PG_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::state::Gateway;
 
 pub fn init_logging(format: LogFormat) {
@@ -88,12 +92,13 @@ pub async fn prepare(
         }
         ctxs.push((
             l,
-            Arc::new(ListenerCtx {
-                name: l.name.clone(),
-                protocol: l.protocol,
-                tls: Some(TlsAcceptor::from(tls)),
-                allow_plaintext: l.dangerous_allow_plaintext_on_loopback,
-            }),
+            Arc::new(ListenerCtx::new(
+                l.name.clone(),
+                l.protocol,
+                Some(TlsAcceptor::from(tls)),
+                l.dangerous_allow_plaintext_on_loopback,
+                config.limits.sessions_per_listener,
+            )),
         ));
     }
     for (i, ok) in gw.verifier.load().prefetch().await {
@@ -144,6 +149,11 @@ pub async fn run(
         .context("audit store refused the config record")?;
 
     let mut tasks = Vec::new();
+    let pg_listeners: Vec<Arc<ListenerCtx>> = listeners
+        .iter()
+        .filter(|(_, c)| c.protocol == ListenerProtocol::Postgres)
+        .map(|(_, c)| c.clone())
+        .collect();
     for (listener, ctx) in listeners {
         let gw = gw.clone();
         if ctx.protocol == ListenerProtocol::Api {
@@ -153,9 +163,17 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             loop {
                 match listener.accept().await {
-                    Ok((tcp, peer)) => {
-                        tokio::spawn(session::handle(gw.clone(), ctx.clone(), tcp, peer));
-                    }
+                    // Counted from accept: a connection that has not logged in holds a slot.
+                    // With every session and refusal slot busy this waits, and further
+                    // connections wait in the kernel's accept queue.
+                    Ok((tcp, peer)) => match ctx.slots.admit().await {
+                        Admission::Session(slot) => {
+                            tokio::spawn(session::handle(gw.clone(), ctx.clone(), tcp, peer, slot));
+                        }
+                        Admission::Refuse(slot) => {
+                            tokio::spawn(session::refuse(gw.clone(), ctx.clone(), tcp, peer, slot));
+                        }
+                    },
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -180,6 +198,18 @@ pub async fn run(
     let _ = watchdog.await;
     for t in tasks {
         t.abort();
+    }
+    // PostgreSQL sessions end and record their end before `gateway.stop`, like SFTP's.
+    for ctx in &pg_listeners {
+        ctx.shutdown.send_replace(true);
+    }
+    for ctx in &pg_listeners {
+        if tokio::time::timeout(PG_SHUTDOWN_GRACE, ctx.slots.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(listener = %ctx.name, left = ctx.slots.in_use(), "sessions still ending at shutdown");
+        }
     }
     reload.abort();
     on_demand.abort();

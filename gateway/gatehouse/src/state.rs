@@ -31,12 +31,21 @@ pub struct Gateway {
     pub masking: ArcSwap<MaskingSet>,
     /// Just-in-time approval requests and their decisions (shared with the CLI).
     pub approvals: gatehouse_approvals::ApprovalStore,
+    /// Logged-in PostgreSQL sessions per user (`limits.sessions_per_user`).
+    pub user_sessions: crate::pg::limits::UserSessions,
 }
 
-/// Opens the approvals store in the data dir.
+/// Opens the approvals store in the data dir, with `limits.pending_approvals_per_user`.
 pub fn open_approvals(config: &Config) -> anyhow::Result<gatehouse_approvals::ApprovalStore> {
-    gatehouse_approvals::ApprovalStore::open(config.gateway.data_dir.join("approvals.db"))
-        .context("opening the approvals store")
+    let opts = gatehouse_approvals::StoreOptions {
+        max_pending_per_requester: config.limits.pending_approvals_per_user,
+        ..gatehouse_approvals::StoreOptions::default()
+    };
+    gatehouse_approvals::ApprovalStore::open_with(
+        config.gateway.data_dir.join("approvals.db"),
+        opts,
+    )
+    .context("opening the approvals store")
 }
 
 /// The default masking engine and one per profile.
@@ -161,6 +170,7 @@ impl Gateway {
             policy: ArcSwap::from_pointee(policy),
             masking: ArcSwap::from_pointee(masking),
             approvals,
+            user_sessions: crate::pg::limits::UserSessions::default(),
         })
     }
 
@@ -194,6 +204,9 @@ impl Gateway {
         self.verifier.store(Arc::new(verifier));
         self.policy.store(Arc::new(policy));
         self.masking.store(Arc::new(masking));
+        // `sessions_per_user` is read at each login; `sessions_per_listener` only at start.
+        self.approvals
+            .set_max_pending_per_requester(loaded.config.limits.pending_approvals_per_user);
         self.config.store(Arc::new(loaded));
         Ok(hash)
     }

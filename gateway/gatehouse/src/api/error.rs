@@ -125,6 +125,7 @@ fn approval_parts(e: &ApprovalError) -> (StatusCode, &'static str, String) {
         ApprovalError::GrantNotActive { .. } => "grant_not_active",
         ApprovalError::GrantExpired { .. } => "grant_expired",
         ApprovalError::Invalid(_) => "invalid_value",
+        ApprovalError::TooManyPending { .. } => "too_many_pending",
         _ => "internal",
     };
     let status = match e.kind() {
@@ -132,6 +133,7 @@ fn approval_parts(e: &ApprovalError) -> (StatusCode, &'static str, String) {
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Limit => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, code, e.client_message())

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     Upstream,
     /// Gatehouse itself could not do its job (audit, vault, key store).
     Internal,
+    /// A configured limit (`[limits]`) was reached; nobody is at fault.
+    Limit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,12 @@ pub enum SessionError {
     AuditUnavailable(String),
     #[error("masking failed: {0}")]
     MaskingFailed(String),
+    #[error("listener {listener:?} is at its limit of {limit} connections")]
+    TooManyConnections { listener: String, limit: u32 },
+    #[error("user {user:?} is at the limit of {limit} sessions")]
+    TooManySessionsForUser { user: String, limit: u32 },
+    #[error("gateway shutting down")]
+    ShuttingDown,
     #[error("startup timed out")]
     Timeout,
     #[error("i/o: {0}")]
@@ -80,9 +88,10 @@ impl SessionError {
             | UpstreamAuth(_)
             | UpstreamProtocol(_)
             | UpstreamLost => ErrorKind::Upstream,
-            NoCredential(_) | Vault(_) | AuditUnavailable(_) | MaskingFailed(_) => {
+            NoCredential(_) | Vault(_) | AuditUnavailable(_) | MaskingFailed(_) | ShuttingDown => {
                 ErrorKind::Internal
             }
+            TooManyConnections { .. } | TooManySessionsForUser { .. } => ErrorKind::Limit,
         }
     }
 
@@ -101,6 +110,8 @@ impl SessionError {
             UpstreamAuth(_) | UpstreamProtocol(_) => "08004",
             AuditUnavailable(_) => "58030",
             MaskingFailed(_) => "54000",
+            TooManyConnections { .. } | TooManySessionsForUser { .. } => "53300",
+            ShuttingDown => "57P01",
             Timeout | Io(_) => "08006",
         }
     }
@@ -134,6 +145,13 @@ impl SessionError {
                  Gatehouse cannot inspect: ask for text format); it was not sent"
                     .into()
             }
+            TooManyConnections { listener, limit } => format!(
+                "gatehouse: too many connections on listener \"{listener}\" (limit {limit}, limits.sessions_per_listener); try again later"
+            ),
+            TooManySessionsForUser { user, limit } => format!(
+                "gatehouse: too many sessions for user \"{user}\" (limit {limit}, limits.sessions_per_user); close one and try again"
+            ),
+            ShuttingDown => "gatehouse is shutting down".into(),
             Timeout => "startup timed out".into(),
             Io(_) => "connection error".into(),
         }
@@ -167,5 +185,23 @@ mod tests {
         };
         assert!(!e.client_message().contains("idp.internal"));
         assert!(e.sqlstate().starts_with("28"));
+    }
+
+    #[test]
+    fn limits_are_53300_and_name_the_limit() {
+        let e = SessionError::TooManyConnections {
+            listener: "pg".into(),
+            limit: 200,
+        };
+        assert_eq!((e.sqlstate(), e.kind()), ("53300", ErrorKind::Limit));
+        assert!(e
+            .client_message()
+            .contains("too many connections on listener \"pg\""));
+        let e = SessionError::TooManySessionsForUser {
+            user: "alice".into(),
+            limit: 2,
+        };
+        assert_eq!(e.sqlstate(), "53300");
+        assert!(e.client_message().contains("limits.sessions_per_user"));
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod cancel;
 pub mod error;
+pub mod limits;
 pub mod relay;
 pub mod session;
 pub mod upstream;

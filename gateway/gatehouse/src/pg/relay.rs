@@ -771,8 +771,8 @@ impl ClientState {
                         Err(e) => {
                             tracing::error!(error = %e, "could not create an approval request");
                             refuse(
-                                format!("{rule}: approval request could not be created"),
-                                format!("gatehouse: statement needs approval under {rule}; the request could not be created; refused"),
+                                format!("{rule}: approval request could not be created: {e}"),
+                                format!("gatehouse: statement needs approval under {rule}; the request could not be created: {}; refused", e.client_message()),
                             )
                         }
                     };
@@ -807,8 +807,8 @@ impl ClientState {
             Err(e) => {
                 tracing::error!(error = %e, "could not create an approval request");
                 refuse(
-                    format!("{rule}: approval request could not be created"),
-                    format!("gatehouse: statement needs approval under {rule}; the request could not be created; refused"),
+                    format!("{rule}: approval request could not be created: {e}"),
+                    format!("gatehouse: statement needs approval under {rule}; the request could not be created: {}; refused", e.client_message()),
                 )
             }
         }

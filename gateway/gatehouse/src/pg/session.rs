@@ -3,6 +3,7 @@
 //! ErrorResponse in its own protocol.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::cancel::CancelTarget;
 use super::error::SessionError;
+use super::limits::{ListenerSlots, UserSlot, REFUSAL_TIMEOUT};
 use super::relay::{self, SessionStats};
 use super::upstream::{self, Stream};
 use crate::config::ConnectionConfig;
@@ -38,6 +40,30 @@ pub struct ListenerCtx {
     pub protocol: crate::config::ListenerProtocol,
     pub tls: Option<TlsAcceptor>,
     pub allow_plaintext: bool,
+    /// Connection slots (`limits.sessions_per_listener`), taken at accept.
+    pub slots: ListenerSlots,
+    /// Turned `true` at gateway shutdown: every session of the listener ends and records
+    /// its end.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl ListenerCtx {
+    pub fn new(
+        name: String,
+        protocol: crate::config::ListenerProtocol,
+        tls: Option<TlsAcceptor>,
+        allow_plaintext: bool,
+        max_sessions: u32,
+    ) -> ListenerCtx {
+        ListenerCtx {
+            name,
+            protocol,
+            tls,
+            allow_plaintext,
+            slots: ListenerSlots::new(max_sessions),
+            shutdown: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl std::fmt::Debug for ListenerCtx {
@@ -47,6 +73,7 @@ impl std::fmt::Debug for ListenerCtx {
             .field("protocol", &self.protocol)
             .field("tls", &self.tls.is_some())
             .field("allow_plaintext", &self.allow_plaintext)
+            .field("slots", &self.slots)
             .finish()
     }
 }
@@ -92,20 +119,53 @@ pub fn new_session_id() -> String {
     hex::encode(b)
 }
 
-/// Runs one client connection to its end. Never panics on client input; logs and audits.
-pub async fn handle(gw: Arc<Gateway>, lst: Arc<ListenerCtx>, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
-    let mut info = SessionInfo {
+fn new_info(lst: &ListenerCtx, peer: SocketAddr) -> SessionInfo {
+    SessionInfo {
         id: new_session_id(),
         listener: lst.name.clone(),
         source: peer.to_string(),
         identity: None,
         claimed_user: None,
         connection: None,
-    };
+    }
+}
+
+/// Runs one client connection to its end, holding `_slot` (its place in
+/// `limits.sessions_per_listener`) until then. Never panics on client input; logs and
+/// audits. At gateway shutdown the session is ended and its `session.end` recorded.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    lst: Arc<ListenerCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut info = new_info(&lst, peer);
     let mut client = Stream::Plain(tcp);
     let started = Instant::now();
-    let result = run(&gw, &lst, &mut client, &mut info, started).await;
+    // Set once `login.success` is recorded: from then on the session owes a `session.end`.
+    let logged_in = AtomicBool::new(false);
+    let mut stop = lst.shutdown.subscribe();
+    let result = tokio::select! {
+        r = run(&gw, &lst, &mut client, &mut info, started, &logged_in) => r,
+        _ = stop.wait_for(|s| *s) => Err(SessionError::ShuttingDown),
+    };
+    if let Err(SessionError::ShuttingDown) = &result {
+        if logged_in.load(Ordering::Acquire) {
+            // The relay was cut at an unknown point (maybe inside a message): its byte and
+            // row counts are lost and no ErrorResponse is written into the stream.
+            let mut rec = info.record(&gw, EventKind::SessionEnd);
+            rec.duration_us = Some(started.elapsed().as_micros() as i64);
+            rec.reason = Some(SessionError::ShuttingDown.to_string());
+            rec.sqlstate = Some(SessionError::ShuttingDown.sqlstate().into());
+            if let Err(e) = gw.audit.append(rec).await {
+                tracing::error!(session = %info.id, error = %e, "could not record session end");
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
+            return;
+        }
+    }
     if let Err(e) = result {
         match e {
             SessionError::Io(_) | SessionError::Timeout => {
@@ -125,12 +185,60 @@ pub async fn handle(gw: Arc<Gateway>, lst: Arc<ListenerCtx>, tcp: TcpStream, pee
     }
 }
 
+/// A connection over `limits.sessions_per_listener`, holding `_slot` (one of the listener's
+/// refusal slots): negotiated like any other (TLS, cancel requests still work) within
+/// [`REFUSAL_TIMEOUT`], then told 53300 in its own protocol, as PostgreSQL answers "too many
+/// clients", and closed. Audited as a `login.failure`.
+pub async fn refuse(
+    gw: Arc<Gateway>,
+    lst: Arc<ListenerCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut info = new_info(&lst, peer);
+    let mut client = Stream::Plain(tcp);
+    let e = SessionError::TooManyConnections {
+        listener: lst.name.clone(),
+        limit: lst.slots.limit(),
+    };
+    let negotiated = tokio::time::timeout(
+        REFUSAL_TIMEOUT,
+        negotiate(&gw, &lst, &mut client, &mut info),
+    )
+    .await;
+    let answer = match negotiated {
+        // A cancel request: handled as usual.
+        Ok(Ok(None)) => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
+            return;
+        }
+        Ok(Ok(Some(_))) => true,
+        // No TLS on a TLS listener, a protocol error: nothing secret was sent, say why.
+        Ok(Err(SessionError::Io(_))) | Err(_) => false,
+        Ok(Err(_)) => true,
+    };
+    audit_login_failure(&gw, &info, &e).await;
+    tracing::warn!(listener = %lst.name, source = %info.source, limit = lst.slots.limit(), "connection refused: listener at its session limit");
+    if answer {
+        let mut out = BytesMut::new();
+        e.encode(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = client.write_all(&out).await;
+            let _ = client.shutdown().await;
+        })
+        .await;
+    }
+}
+
 async fn run(
     gw: &Arc<Gateway>,
     lst: &ListenerCtx,
     client: &mut ClientStream,
     info: &mut SessionInfo,
     started: Instant,
+    logged_in: &AtomicBool,
 ) -> Result<(), SessionError> {
     let startup = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(gw, lst, client, info))
         .await
@@ -146,7 +254,7 @@ async fn run(
         authenticate(gw, lst, client, info, &startup, buf),
     )
     .await;
-    let (conn, buf) = match login {
+    let (conn, buf, _user_slot) = match login {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             audit_login_failure(gw, info, &e).await;
@@ -165,6 +273,7 @@ async fn run(
         .append(rec)
         .await
         .map_err(|e| SessionError::AuditUnavailable(e.to_string()))?;
+    logged_in.store(true, Ordering::Release);
 
     let cred = gw
         .vault
@@ -376,7 +485,8 @@ async fn handle_cancel(gw: &Gateway, info: &SessionInfo, key: CancelKey) {
     }
 }
 
-/// Asks for the token, validates it, checks the user and the connection.
+/// Asks for the token, validates it, checks the user and the connection, and counts the
+/// session against `limits.sessions_per_user`.
 async fn authenticate(
     gw: &Gateway,
     _lst: &ListenerCtx,
@@ -384,7 +494,7 @@ async fn authenticate(
     info: &mut SessionInfo,
     startup: &StartupMessage,
     mut buf: BytesMut,
-) -> Result<(Arc<ConnectionConfig>, BytesMut), SessionError> {
+) -> Result<(Arc<ConnectionConfig>, BytesMut, UserSlot), SessionError> {
     let user = startup
         .param("user")
         .ok_or(SessionError::MissingParameter("user"))?
@@ -437,7 +547,7 @@ async fn authenticate(
         info.identity = Some(identity);
         return Err(e);
     }
-    info.identity = Some(identity);
+    info.identity = Some(Arc::clone(&identity));
     let config = gw.config.load();
     let conn = config
         .config
@@ -447,5 +557,13 @@ async fn authenticate(
     match conn.kind {
         crate::config::ConnectionKind::Postgres => {}
     }
-    Ok((Arc::new(conn), buf))
+    let limit = config.config.limits.sessions_per_user;
+    let slot = gw
+        .user_sessions
+        .try_acquire(&identity.issuer, &identity.username, limit)
+        .ok_or_else(|| SessionError::TooManySessionsForUser {
+            user: identity.username.clone(),
+            limit,
+        })?;
+    Ok((Arc::new(conn), buf, slot))
 }
