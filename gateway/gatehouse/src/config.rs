@@ -69,8 +69,8 @@ pub struct LimitsConfig {
     /// Largest statement text the gateway parses and judges, in bytes.
     #[serde(default = "default_statement_bytes")]
     pub statement_bytes: u32,
-    /// Largest upstream message other than DataRow (ErrorResponse, NoticeResponse,
-    /// FunctionCallResponse, …) assembled for masking, in bytes.
+    /// Largest upstream message other than DataRow, CopyData and FunctionCallResponse
+    /// (ErrorResponse, NoticeResponse, RowDescription, …) assembled for masking, in bytes.
     #[serde(default = "default_upstream_message_bytes")]
     pub upstream_message_bytes: u32,
     /// Pending (undecided, unexpired) approval requests of one user.

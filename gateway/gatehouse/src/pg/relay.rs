@@ -1504,9 +1504,11 @@ fn inspect(
                         Judged::Allowed { note, .. } => r.reason = note.clone(),
                     }
                 }
-                None => r.reason = Some(format!(
+                None => {
+                    r.reason = Some(format!(
                     "execute of portal {portal:?} not bound by this client (a cursor, or unknown)"
-                )),
+                ))
+                }
             }
             if let Some(s) = slot {
                 s.described = true;

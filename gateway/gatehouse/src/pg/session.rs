@@ -318,7 +318,7 @@ async fn run(
         up.stream,
         buf,
         settings,
-        relay::Limits::default(),
+        relay_limits(&gw.config.load().config.limits),
     )
     .await;
     let (stats, err) = match stats {
@@ -338,6 +338,14 @@ async fn run(
             Ok(())
         }
         None => Ok(()),
+    }
+}
+
+/// The relay's share of `[limits]`.
+fn relay_limits(l: &crate::config::LimitsConfig) -> relay::Limits {
+    relay::Limits {
+        statement_bytes: l.statement_bytes as usize,
+        upstream_message_bytes: l.upstream_message_bytes as usize,
     }
 }
 
