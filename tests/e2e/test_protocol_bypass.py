@@ -382,3 +382,44 @@ def test_statement_longer_than_the_judging_limit_is_refused(guarded, pg):
         _, err = r.query("SELECT 1")
         assert err is None
     assert rows_in(pg, table) == 10
+
+
+# -- 7. column rules follow the source column ----------------------------------------------
+
+COLUMN_RULE = """
+[masking]
+[[masking.rules]]
+name = "salary-column"
+columns = ["salary"]
+strategy = { kind = "redact", replacement = "[salary]" }
+"""
+
+
+def test_column_rules_follow_the_source_column_and_json(gatehouse, pg):
+    gw = gatehouse(extra_toml=COLUMN_RULE)
+    table = f"pay_{secrets.token_hex(4)}"
+    with pg.owner_connect() as c:
+        c.execute("SET ROLE gh_app")
+        c.execute(f"CREATE TABLE {table} (id int, salary text)")
+        c.execute(f"INSERT INTO {table} VALUES (1, 'pay-grade-77x')")
+    try:
+        token = gw.token("col-user")
+        with gw.connect("col-user", token, autocommit=True) as c:
+            assert c.execute(f"SELECT salary FROM {table}").fetchone()[0] == "[salary]"
+            # An alias does not take the column out of its rule.
+            assert c.execute(f"SELECT salary AS x FROM {table}").fetchone()[0] == "[salary]"
+            assert c.execute(f"SELECT t.salary AS \"Pay\" FROM {table} t").fetchone()[0] == "[salary]"
+            # JSON built in SQL: field names are column names.
+            for sql in (f"SELECT row_to_json(t) FROM {table} t",
+                        f"SELECT json_agg(t) FROM {table} t",
+                        f"SELECT to_jsonb(t) FROM {table} t"):
+                v = c.execute(sql).fetchone()[0]
+                assert "pay-grade-77x" not in repr(v), (sql, v)
+            # Binary format too.
+            cur = c.cursor(binary=True)
+            assert cur.execute(f"SELECT salary AS y FROM {table}").fetchone()[0] == "[salary]"
+            v = cur.execute(f"SELECT to_jsonb(t) FROM {table} t").fetchone()[0]
+            assert "pay-grade-77x" not in repr(v), v
+    finally:
+        with pg.owner_connect() as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")

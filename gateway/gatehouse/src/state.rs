@@ -33,6 +33,9 @@ pub struct Gateway {
     pub approvals: gatehouse_approvals::ApprovalStore,
     /// Logged-in PostgreSQL sessions per user (`limits.sessions_per_user`).
     pub user_sessions: crate::pg::limits::UserSessions,
+    /// Source-column names read from each target's catalog (masking rules follow columns,
+    /// not aliases).
+    pub catalogs: crate::pg::catalog::Catalogs,
 }
 
 /// Opens the approvals store in the data dir, with `limits.pending_approvals_per_user`.
@@ -170,6 +173,7 @@ impl Gateway {
             policy: ArcSwap::from_pointee(policy),
             masking: ArcSwap::from_pointee(masking),
             approvals,
+            catalogs: crate::pg::catalog::Catalogs::default(),
             user_sessions: crate::pg::limits::UserSessions::default(),
         })
     }

@@ -29,6 +29,15 @@ pub struct ColumnPlan {
 }
 
 impl ColumnPlan {
+    /// This plan where it has a rule, else `other`'s; plain SSNs if either says so. For a
+    /// column known by two names (its source column and the client's alias).
+    pub fn or(self, other: ColumnPlan) -> ColumnPlan {
+        ColumnPlan {
+            rule: self.rule.or(other.rule),
+            plain_ssn: self.plain_ssn || other.plain_ssn,
+        }
+    }
+
     /// `true` when a column rule masks every value of this column whole.
     pub fn masks_whole_value(&self) -> bool {
         self.rule.is_some()
@@ -264,7 +273,28 @@ impl Engine {
                 limit: self.max_value,
             });
         }
-        crate::json::mask_document(self, self.plan(column), doc, counts)
+        self.mask_json_planned(self.plan(column), doc, counts)
+    }
+
+    /// [`Engine::mask_json_in`] with a plan computed earlier by [`Engine::plan`].
+    pub fn mask_json_planned<'a>(
+        &self,
+        plan: ColumnPlan,
+        doc: &'a [u8],
+        counts: &mut Counts,
+    ) -> Result<Cow<'a, [u8]>, MaskError> {
+        if doc.len() > self.max_value {
+            return Err(MaskError::TooLarge {
+                len: doc.len(),
+                limit: self.max_value,
+            });
+        }
+        crate::json::mask_document(self, plan, doc, counts)
+    }
+
+    /// Whether any column rule or plain-SSN column is configured (column names matter).
+    pub fn has_column_rules(&self) -> bool {
+        !self.rules.is_empty() || !self.ssn_plain.is_empty()
     }
 }
 

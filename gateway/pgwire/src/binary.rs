@@ -21,8 +21,9 @@ use std::fmt::Write as _;
 /// Deepest nesting of arrays and records walked.
 pub const MAX_DEPTH: usize = 16;
 
-/// Called with each piece of text in a value; `Some(bytes)` replaces it.
-pub type Visitor<'a, E> = dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>, E> + 'a;
+/// Called with each piece of text in a value and the type it belongs to (for a rendered
+/// number or address: that type); `Some(bytes)` replaces it.
+pub type Visitor<'a, E> = dyn FnMut(u32, &[u8]) -> Result<Option<Vec<u8>>, E> + 'a;
 
 /// Why a binary value could not be walked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +125,11 @@ fn render_name(r: Render) -> &'static str {
     }
 }
 
+/// `json` and `jsonb`: documents whose field names are column names for masking rules.
+pub fn is_json_type(oid: u32) -> bool {
+    matches!(oid, 114 | 3802)
+}
+
 /// Whether values of type `oid` are text in binary format too (and can hold a replacement).
 pub fn is_text_type(oid: u32) -> bool {
     matches!(layout(oid), Some(Layout::Text | Layout::VersionedText))
@@ -159,7 +165,7 @@ fn walk<E>(
         return Err(BinaryError::UnknownType(oid));
     };
     match l {
-        Layout::Text => visit(v).map_err(BinaryError::Visitor),
+        Layout::Text => visit(oid, v).map_err(BinaryError::Visitor),
         Layout::VersionedText => {
             let Some((&ver, text)) = v.split_first() else {
                 return Err(BinaryError::Malformed(oid));
@@ -167,7 +173,7 @@ fn walk<E>(
             if ver != 1 {
                 return Err(BinaryError::Malformed(oid));
             }
-            Ok(visit(text).map_err(BinaryError::Visitor)?.map(|t| {
+            Ok(visit(oid, text).map_err(BinaryError::Visitor)?.map(|t| {
                 let mut o = Vec::with_capacity(t.len() + 1);
                 o.push(ver);
                 o.extend_from_slice(&t);
@@ -177,7 +183,7 @@ fn walk<E>(
         Layout::Opaque => Ok(None),
         Layout::Rendered(r) => {
             let text = render(r, v).ok_or(BinaryError::Malformed(oid))?;
-            match visit(text.as_bytes()).map_err(BinaryError::Visitor)? {
+            match visit(oid, text.as_bytes()).map_err(BinaryError::Visitor)? {
                 None => Ok(None),
                 Some(_) => Err(BinaryError::NotRepresentable(render_name(r))),
             }
@@ -446,7 +452,7 @@ mod tests {
     }
 
     /// Replaces "SECRET" by "[x]".
-    fn redact(t: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+    fn redact(_oid: u32, t: &[u8]) -> Result<Option<Vec<u8>>, ()> {
         let s = String::from_utf8_lossy(t);
         Ok(s.contains("SECRET")
             .then(|| s.replace("SECRET", "[x]").into_bytes()))
@@ -496,7 +502,7 @@ mod tests {
     #[test]
     fn numbers_are_rendered_and_cannot_hold_a_replacement() {
         let mut seen = Vec::new();
-        let mut look = |t: &[u8]| -> Result<Option<Vec<u8>>, ()> {
+        let mut look = |_oid: u32, t: &[u8]| -> Result<Option<Vec<u8>>, ()> {
             seen.push(String::from_utf8_lossy(t).into_owned());
             Ok(t.starts_with(b"4111").then(Vec::new))
         };

@@ -5,6 +5,7 @@
 //! (each statement audited before it is forwarded) → `finish` (session record).
 
 pub mod cancel;
+pub mod catalog;
 pub mod error;
 pub mod limits;
 pub mod relay;

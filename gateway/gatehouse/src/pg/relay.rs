@@ -1706,20 +1706,6 @@ impl Masking {
         self.engine.max_value_bytes().saturating_add(1 << 20)
     }
 
-    /// The masking plan of a RowDescription.
-    fn plan(&self, body: &[u8]) -> Result<Arc<[MaskColumn]>, SessionError> {
-        let cols = gatehouse_pgwire::decode_row_description(body)
-            .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
-        Ok(cols
-            .iter()
-            .map(|c| MaskColumn {
-                plan: self.engine.plan(Some(c.name)),
-                binary: c.format == 1,
-                type_oid: c.type_oid as u32,
-            })
-            .collect())
-    }
-
     fn text(
         &mut self,
         plan: gatehouse_masking::ColumnPlan,
@@ -1728,6 +1714,21 @@ impl Masking {
         match self
             .engine
             .mask_planned(plan, v, &mut self.counts)
+            .map_err(mask_failed)?
+        {
+            Cow::Borrowed(_) => Ok(None),
+            Cow::Owned(o) => Ok(Some(o)),
+        }
+    }
+
+    fn json(
+        &mut self,
+        plan: gatehouse_masking::ColumnPlan,
+        v: &[u8],
+    ) -> Result<Option<Vec<u8>>, SessionError> {
+        match self
+            .engine
+            .mask_json_planned(plan, v, &mut self.counts)
             .map_err(mask_failed)?
         {
             Cow::Borrowed(_) => Ok(None),
@@ -1753,12 +1754,18 @@ impl Masking {
         }
         let engine = Arc::clone(&self.engine);
         let counts = &mut self.counts;
-        let mut visit = |t: &[u8]| -> Result<Option<Vec<u8>>, gatehouse_masking::MaskError> {
-            Ok(match engine.mask_planned(col.plan, t, counts)? {
-                Cow::Borrowed(_) => None,
-                Cow::Owned(o) => Some(o),
-            })
-        };
+        let mut visit =
+            |oid: u32, t: &[u8]| -> Result<Option<Vec<u8>>, gatehouse_masking::MaskError> {
+                let masked = if gatehouse_pgwire::binary::is_json_type(oid) {
+                    engine.mask_json_planned(col.plan, t, counts)?
+                } else {
+                    engine.mask_planned(col.plan, t, counts)?
+                };
+                Ok(match masked {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(o) => Some(o),
+                })
+            };
         gatehouse_pgwire::binary::rewrite(col.type_oid, v, &mut visit).map_err(|e| match e {
             gatehouse_pgwire::binary::BinaryError::Visitor(m) => mask_failed(m),
             other => SessionError::MaskingFailed(other.to_string()),
@@ -1790,6 +1797,10 @@ impl Masking {
                     });
                     let out = if col.binary {
                         self.binary(col, v)?
+                    } else if gatehouse_pgwire::binary::is_json_type(col.type_oid) {
+                        // JSON built in SQL (`row_to_json`, `json_agg`, `to_jsonb`): its field
+                        // names are column names for the column rules.
+                        self.json(col.plan, v)?
                     } else {
                         self.text(col.plan, v)?
                     };
@@ -2120,10 +2131,13 @@ where
                     match effect {
                         Effect::Forward => {}
                         Effect::KeepBack => keep_back = true,
-                        Effect::SimpleColumns => simple_plan = masking.plan(body)?,
+                        Effect::SimpleColumns => {
+                            simple_plan =
+                                plan_columns(gw, &masking.engine, who.as_deref(), body).await?
+                        }
                         Effect::PortalColumns { portal, swallow } => {
                             let plan = if h.tag == b'T' {
-                                masking.plan(body)?
+                                plan_columns(gw, &masking.engine, who.as_deref(), body).await?
                             } else {
                                 Arc::from(Vec::new())
                             };
@@ -2192,6 +2206,44 @@ where
             buf.advance(pos);
         }
     }
+}
+
+/// The masking plan of a RowDescription. Column rules follow the source column (table OID
+/// and attribute number, named from the target's catalog) as well as the client's alias.
+async fn plan_columns(
+    gw: &Gateway,
+    engine: &gatehouse_masking::Engine,
+    who: Option<&Who>,
+    body: &[u8],
+) -> Result<Arc<[MaskColumn]>, SessionError> {
+    let cols = gatehouse_pgwire::decode_row_description(body)
+        .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+    let mut sources: HashMap<super::catalog::SourceColumn, Arc<str>> = HashMap::new();
+    if engine.has_column_rules() {
+        let keys: Vec<super::catalog::SourceColumn> = cols
+            .iter()
+            .filter(|c| c.table_oid != 0 && c.column > 0)
+            .map(|c| (c.table_oid as u32, c.column))
+            .collect();
+        if let (false, Some(w)) = (keys.is_empty(), who) {
+            sources = gw.catalogs.names(gw, &w.connection, &keys).await?;
+        }
+    }
+    Ok(cols
+        .iter()
+        .map(|c| {
+            let alias = engine.plan(Some(c.name));
+            let plan = match sources.get(&(c.table_oid as u32, c.column)) {
+                Some(source) => engine.plan(Some(source)).or(alias),
+                None => alias,
+            };
+            MaskColumn {
+                plan,
+                binary: c.format == 1,
+                type_oid: c.type_oid as u32,
+            }
+        })
+        .collect())
 }
 
 /// Adds what was masked since the last outcome to the newest outcome record (and a
