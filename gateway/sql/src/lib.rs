@@ -18,6 +18,8 @@
 //!   quoting (`"PG_READ_FILE"`, `pg_catalog.pg_read_file`, `public.pg_read_file` all count), every
 //!   relation reference is a table reference (CTE names are *not* subtracted, so a CTE cannot hide a
 //!   real table of the same name), and a `WHERE` clause that references no column is unbounded.
+//! - The bytes of a message are read as the server reads them ([`classify_bytes`], `text.rs`):
+//!   `client_encoding` → `server_encoding` conversion and `standard_conforming_strings`.
 //! - Input the parser rejects (syntax errors, NUL bytes, trees nested too deeply to decode) is a
 //!   [`ParseError`]; callers must treat it as "cannot judge" and fail closed.
 //! - What cannot be analysed is said so: `DO` blocks, function bodies and SQL passed as strings
@@ -28,11 +30,17 @@
 
 mod names;
 mod prepared;
+mod text;
 mod walk;
+
+use std::borrow::Cow;
 
 use serde::Serialize;
 
 pub use prepared::PreparedStatements;
+pub use text::{
+    decode_statement, depends_on_settings, Encoding, TextError, TextSettings, ALL_ENCODINGS,
+};
 
 /// Parse `sql` and classify each statement in it.
 ///
@@ -79,6 +87,34 @@ pub fn classify_with(sql: &str, options: ParseOptions) -> Result<Vec<Statement>,
         out.push(walk::analyze(node, text)?);
     }
     Ok(out)
+}
+
+/// The bytes of a Query or Parse message, read as the server will read them under `settings`
+/// ([`decode_statement`]), then classified with the session's `standard_conforming_strings`.
+/// Returns the decoded text (what audit records and the policy should name) with the statements.
+pub fn classify_bytes<'a>(
+    bytes: &'a [u8],
+    settings: &TextSettings,
+) -> Result<(Cow<'a, str>, Vec<Statement>), ClassifyError> {
+    let text = decode_statement(bytes, settings)?;
+    let statements = classify_with(
+        &text,
+        ParseOptions {
+            standard_conforming_strings: settings.standard_conforming_strings,
+        },
+    )?;
+    Ok((text, statements))
+}
+
+/// Why [`classify_bytes`] could not classify: the text could not be read as the server reads it,
+/// or the parser refused it. Either way the caller must fail closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
 }
 
 /// The source slice of one statement: PostgreSQL reports byte offsets, `len == 0` means "to the
