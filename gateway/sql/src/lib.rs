@@ -217,16 +217,22 @@ pub struct Flags {
     pub explain_analyze_write: bool,
     /// `SELECT ... INTO new_table` (creates and fills a table).
     pub select_into: bool,
+    /// `ALTER TABLE|FOREIGN TABLE|TYPE ... DROP COLUMN|ATTRIBUTE` (the column's data is gone).
+    pub drops_column: bool,
+    /// `ALTER TABLE ... DROP CONSTRAINT`, `ALTER DOMAIN ... DROP CONSTRAINT`.
+    pub drops_constraint: bool,
 }
 
 impl Flags {
     /// Names used in policy files, with their values.
-    pub fn named(&self) -> [(&'static str, bool); 4] {
+    pub fn named(&self) -> [(&'static str, bool); 6] {
         [
             ("unbounded_write", self.unbounded_write),
             ("data_modifying_cte", self.data_modifying_cte),
             ("explain_analyze_write", self.explain_analyze_write),
             ("select_into", self.select_into),
+            ("drops_column", self.drops_column),
+            ("drops_constraint", self.drops_constraint),
         ]
     }
 }
@@ -237,6 +243,8 @@ pub const FLAG_NAMES: &[&str] = &[
     "data_modifying_cte",
     "explain_analyze_write",
     "select_into",
+    "drops_column",
+    "drops_constraint",
 ];
 
 /// Direction of a `COPY`.
@@ -512,8 +520,10 @@ pub enum Danger {
     LargeObject(String),
     /// Signals other backends or the postmaster.
     ProcessSignal(String),
-    /// Changes server or session configuration outside plain `SET` (`set_config`,
-    /// `ALTER SYSTEM`, `pg_reload_conf`, `ALTER DATABASE ... SET`).
+    /// Changes server or session configuration outside plain `SET`: `set_config` of a setting
+    /// that matters (identity, how SQL text is read, read-only guards, custom `x.y` settings,
+    /// ...; see `names.rs`) or of a computed name, `ALTER SYSTEM`, `pg_reload_conf`,
+    /// `ALTER DATABASE ... SET`. `set_config('application_name', ...)` is not one.
     ConfigChange(String),
     /// Switches role or ownership outside the role statements: `set_config('role', ...)`,
     /// `set_config('session_authorization', ...)`, `set_config` with a non-constant name,
