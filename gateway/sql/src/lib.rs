@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fuzzing;
 mod names;
 mod prepared;
 mod text;
