@@ -235,7 +235,7 @@ fuzz_smoke() {
   export RUSTC_BOOTSTRAP=1
   local ftarget="$GATEHOUSE_CACHE/fuzz-target"
   # crate dir : its fuzz targets
-  for spec in "gateway/pgwire:startup frontend backend" "gateway/sftp/codec:requests"; do
+  for spec in "gateway/pgwire:startup frontend backend" "gateway/sftp/codec:requests" "gateway/sql:classify"; do
     dir="$ROOT/${spec%%:*}"
     (cd "$dir" && CARGO_TARGET_DIR="$ftarget" cargo fuzz build -O) || return 1
     for t in ${spec#*:}; do
@@ -329,7 +329,7 @@ run_section "cargo build" cargo_build || BUILD_OK=0
 if [ "$E2E_ONLY" -eq 0 ]; then
   if [ "$BUILD_OK" -eq 1 ]; then
     run_section "cargo test" cargo_tests
-    run_section "fuzz: pgwire and sftp codec targets (short)" fuzz_smoke
+    run_section "fuzz: pgwire, sftp codec and sql classifier targets (short)" fuzz_smoke
   else
     skip_section "cargo test" "build failed"
   fi

@@ -50,8 +50,15 @@ const HEADER: usize = 1 + 4 + 4;
 /// Version 1 frames (SHA-256 check) are still read, so an upgrade replays an old journal.
 const FRAME_V1: u8 = 1;
 const HEADER_V1: usize = 1 + 4 + 8;
-/// No single record comes near this; a larger length is a torn or foreign frame.
-const MAX_FRAME: usize = 64 << 20;
+// No bound on a frame's length but the format's own (u32): the reader accepts every frame the
+// writer can write. (It used to stop at 64 MiB, so a larger record was acknowledged, then taken
+// for a torn tail at replay and cut off with every record after it.) We chose this over refusing
+// such frames on write because a refusal would be a new way for an append to fail, and a
+// refused *deferred* record (a statement's outcome, a session's end) is retried with every later
+// append, refusing them all. The reader needs no smaller bound: nothing is allocated from the
+// length (the segment is already in memory), a length past the end of the file is a torn tail,
+// and a corrupted length that stays inside the file fails the CRC. Record size is bounded
+// upstream (the codec's message limit), not here.
 
 /// One record as it is stored: what SQLite's columns hold.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,7 +129,7 @@ fn decode_frames(bytes: &[u8]) -> (Vec<Row>, usize) {
         let mut len4 = [0u8; 4];
         len4.copy_from_slice(&h[1..5]);
         let len = u32::from_le_bytes(len4) as usize;
-        if len > MAX_FRAME || bytes.len() - at - header < len {
+        if bytes.len() - at - header < len {
             break;
         }
         let payload = &bytes[at + header..at + header + len];
@@ -417,6 +424,32 @@ mod tests {
         let (rows, valid) = decode_frames(&bad);
         assert_eq!(rows, vec![row(1)]);
         assert_eq!(valid, first);
+    }
+
+    /// A record larger than the reader's old 64 MiB bound, then a small one: both replay
+    /// after a reopen (the first used to be taken for a torn tail and cut off with the second).
+    #[test]
+    fn frames_over_64_mib_are_replayed_with_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let LockOutcome::Locked(mut j) = Journal::lock(&db).unwrap() else {
+            panic!("fresh journal is busy")
+        };
+        let mut big = row(1);
+        big.sealed = Some(vec![0x5a; (64 << 20) + 1]);
+        let mut frames = Vec::new();
+        encode_frame(&big, &mut frames).unwrap();
+        assert!(frames.len() > (64 << 20) + HEADER);
+        encode_frame(&row(2), &mut frames).unwrap();
+        j.append(&frames, 2).unwrap();
+        drop(j);
+        let LockOutcome::Locked(mut j) = Journal::lock(&db).unwrap() else {
+            panic!("journal still busy after its holder closed it")
+        };
+        let rows = j.read_all().unwrap();
+        assert_eq!(rows.len(), 2, "both records replayed");
+        assert!(rows[0] == big && rows[1] == row(2));
+        assert_eq!(j.len(), frames.len() as u64, "nothing cut off");
     }
 
     /// A journal written by the previous frame version (SHA-256 check) is still replayed.

@@ -1,6 +1,6 @@
 //! Evaluation: presets, then rules, per statement; strictest over the request.
 
-use gatehouse_sql::{Danger, Statement, StatementKind, TableRef};
+use gatehouse_sql::{Danger, PreparedStatements, Statement, StatementKind, TableRef};
 
 use crate::model::{Action, DefaultAction, Preset, Rule, Scope, TablePattern};
 use crate::{AllowBasis, Decision, Facts, Grant, GrantScope, Policy, RuleId};
@@ -22,6 +22,10 @@ pub(crate) fn evaluate(policy: &Policy, facts: &Facts<'_>, grants: &[Grant]) -> 
     let mut decision = Decision::Allow {
         basis: AllowBasis::Default,
     };
+    // `PREPARE q ...; EXECUTE q` in one request: the server runs the parts in order, so an
+    // EXECUTE resolves against the session's statements plus the PREPARE/DEALLOCATE before it.
+    // Copied only when the request itself changes them.
+    let mut in_request: Option<PreparedStatements> = None;
     for stmt in statements {
         let d = judge(policy, facts, grants, &presets, stmt);
         if d.severity() > decision.severity()
@@ -36,7 +40,7 @@ pub(crate) fn evaluate(policy: &Policy, facts: &Facts<'_>, grants: &[Grant]) -> 
             decision = d;
         }
         if let StatementKind::Execute { name } = &stmt.kind {
-            let bodies = facts.prepared.resolve(name);
+            let bodies = in_request.as_ref().unwrap_or(facts.prepared).resolve(name);
             let d = if bodies.is_empty() {
                 unanalyzable(
                     policy,
@@ -65,6 +69,16 @@ pub(crate) fn evaluate(policy: &Policy, facts: &Facts<'_>, grants: &[Grant]) -> 
             if d.severity() > decision.severity() {
                 decision = d;
             }
+        }
+        if matches!(
+            stmt.kind,
+            StatementKind::Prepare { .. }
+                | StatementKind::Deallocate { .. }
+                | StatementKind::Discard { .. }
+        ) {
+            in_request
+                .get_or_insert_with(|| facts.prepared.clone())
+                .observe(std::slice::from_ref(stmt));
         }
     }
     decision
@@ -323,6 +337,10 @@ fn preset_denies(p: Preset, stmt: &Statement) -> Option<String> {
             K::Drop { object } => Some(format!("DROP {object} is not allowed")),
             K::DropRole => Some("DROP ROLE is not allowed".into()),
             K::Truncate => Some("TRUNCATE is not allowed".into()),
+            _ if stmt.flags.drops_column => Some("ALTER ... DROP COLUMN is not allowed".into()),
+            _ if stmt.flags.drops_constraint => {
+                Some("ALTER ... DROP CONSTRAINT is not allowed".into())
+            }
             _ => None,
         },
         Preset::NoUnboundedWrite => stmt.flags.unbounded_write.then(|| {

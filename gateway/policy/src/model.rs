@@ -15,14 +15,15 @@ pub enum Preset {
     /// Anything but reads, `SET`/`RESET`/`SHOW`, transaction control, cursors and prepared reads.
     ReadOnly,
     /// `GRANT`/`REVOKE`, role DDL, `SET ROLE`, `SET SESSION AUTHORIZATION`, `ALTER ... OWNER`,
-    /// `ALTER SYSTEM` and other configuration changes, role switches through `set_config`.
+    /// `ALTER ROLE ... RENAME TO`, `ALTER SYSTEM` and other configuration changes, `set_config`
+    /// of a setting that matters or of a computed name.
     NoPrivilegeChanges,
     /// Server file functions, `COPY` to/from a server file, `COPY PROGRAM`, large objects,
     /// dblink and foreign servers.
     NoServerFiles,
     /// Signalling backends and administrative functions (replication slots, backups, ...).
     NoAdminFunctions,
-    /// `DROP` of anything and `TRUNCATE`.
+    /// `DROP` of anything, `TRUNCATE`, and `ALTER ... DROP COLUMN` / `DROP CONSTRAINT`.
     NoDropTruncate,
     /// `DELETE`/`UPDATE` without a `WHERE` that references a column.
     NoUnboundedWrite,

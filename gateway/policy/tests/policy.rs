@@ -421,3 +421,116 @@ fn example_policy_loads() {
         matches!(p.rules()[2].approval.as_ref().unwrap().mode, ApprovalMode::Hold { timeout } if timeout == Duration::from_secs(300))
     );
 }
+
+/// The production guardrails of issue 14.
+const GUARDRAILS: &str = r#"
+version = "g1"
+
+[[presets]]
+enable = ["no_drop_truncate", "no_unbounded_write", "no_privilege_changes", "no_server_files", "no_admin_functions"]
+"#;
+
+fn guardrail_decision(sql: &str) -> Decision {
+    decide(&Policy::from_toml(GUARDRAILS).unwrap(), sql, "prod")
+}
+
+#[test]
+fn guardrails_catch_column_and_constraint_drops() {
+    for sql in [
+        "ALTER TABLE orders DROP COLUMN total",
+        "ALTER TABLE orders DROP total",
+        "ALTER TABLE orders ADD COLUMN x int, DROP COLUMN IF EXISTS total",
+        "ALTER TABLE orders DROP CONSTRAINT orders_pkey",
+        "ALTER DOMAIN positive DROP CONSTRAINT positive_check",
+    ] {
+        let d = guardrail_decision(sql);
+        assert_eq!(
+            d.rule().map(|r| r.as_str()),
+            Some("preset:no_drop_truncate"),
+            "{sql}: {d:?}"
+        );
+    }
+    assert_eq!(
+        guardrail_decision("ALTER TABLE orders ADD COLUMN note text").label(),
+        "allow"
+    );
+}
+
+#[test]
+fn guardrails_catch_role_renames() {
+    for sql in [
+        "ALTER ROLE admin RENAME TO old_admin",
+        "ALTER USER alice RENAME TO admin",
+        "ALTER GROUP dba RENAME TO agents",
+    ] {
+        let d = guardrail_decision(sql);
+        assert_eq!(
+            d.rule().map(|r| r.as_str()),
+            Some("preset:no_privilege_changes"),
+            "{sql}: {d:?}"
+        );
+    }
+}
+
+#[test]
+fn harmless_set_config_is_not_refused() {
+    for sql in [
+        "SELECT set_config('application_name', 'agent-7', false)",
+        "SELECT set_config('search_path', 'public', true)",
+        "SELECT pg_catalog.set_config('TimeZone', 'UTC', false)",
+    ] {
+        assert_eq!(guardrail_decision(sql).label(), "allow", "{sql}");
+    }
+    for sql in [
+        "SELECT set_config('role', 'postgres', false)",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT set_config('client_encoding', 'GBK', false)",
+        "SELECT set_config('backslash_quote', 'on', false)",
+        "SELECT set_config('app.tenant_id', '2', false)",
+        "SELECT set_config(lower('ROLE'), 'postgres', false)",
+    ] {
+        let d = guardrail_decision(sql);
+        assert_eq!(
+            d.rule().map(|r| r.as_str()),
+            Some("preset:no_privilege_changes"),
+            "{sql}: {d:?}"
+        );
+    }
+}
+
+#[test]
+fn prepare_and_execute_in_one_request() {
+    let policy = Policy::from_toml(GUARDRAILS).unwrap();
+    // Nothing prepared on the session before: the PREPARE earlier in the same string counts.
+    let d = decide(
+        &policy,
+        "PREPARE q(int) AS SELECT $1 + 1; EXECUTE q(3); DEALLOCATE q",
+        "prod",
+    );
+    assert_eq!(d.label(), "allow", "{d:?}");
+    // The body is judged through the EXECUTE too (and at the PREPARE).
+    let d = decide(
+        &policy,
+        "PREPARE w AS DELETE FROM orders; EXECUTE w",
+        "prod",
+    );
+    assert_eq!(
+        d.rule().map(|r| r.as_str()),
+        Some("preset:no_unbounded_write"),
+        "{d:?}"
+    );
+    // Order matters: EXECUTE before its PREPARE, or after its DEALLOCATE, is unknown.
+    for sql in [
+        "EXECUTE q(3); PREPARE q(int) AS SELECT $1",
+        "PREPARE q AS SELECT 1; DEALLOCATE q; EXECUTE q",
+        "PREPARE q AS SELECT 1; DEALLOCATE ALL; EXECUTE q",
+        "PREPARE q AS SELECT 1; DISCARD ALL; EXECUTE q",
+    ] {
+        let d = decide(&policy, sql, "prod");
+        assert_eq!(
+            d.rule().map(|r| r.as_str()),
+            Some("policy:unknown_prepared"),
+            "{sql}: {d:?}"
+        );
+    }
+}

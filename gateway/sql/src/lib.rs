@@ -18,6 +18,8 @@
 //!   quoting (`"PG_READ_FILE"`, `pg_catalog.pg_read_file`, `public.pg_read_file` all count), every
 //!   relation reference is a table reference (CTE names are *not* subtracted, so a CTE cannot hide a
 //!   real table of the same name), and a `WHERE` clause that references no column is unbounded.
+//! - The bytes of a message are read as the server reads them ([`classify_bytes`], `text.rs`):
+//!   `client_encoding` → `server_encoding` conversion and `standard_conforming_strings`.
 //! - Input the parser rejects (syntax errors, NUL bytes, trees nested too deeply to decode) is a
 //!   [`ParseError`]; callers must treat it as "cannot judge" and fail closed.
 //! - What cannot be analysed is said so: `DO` blocks, function bodies and SQL passed as strings
@@ -27,15 +29,20 @@
 #![forbid(unsafe_code)]
 
 mod builtin_functions;
+pub mod fuzzing;
 mod names;
 mod prepared;
 mod text;
 mod walk;
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 pub use prepared::PreparedStatements;
-pub use text::{decode_statement, depends_on_settings, Encoding, TextError, TextSettings};
+pub use text::{
+    decode_statement, depends_on_settings, Encoding, TextError, TextSettings, ALL_ENCODINGS,
+};
 
 /// The name of the built-in function with this OID (one fixed in PostgreSQL's `pg_proc.dat`),
 /// or `None` for any other OID (functions created by users or extensions, or added after the
@@ -101,6 +108,34 @@ pub fn classify_with(sql: &str, options: ParseOptions) -> Result<Vec<Statement>,
         out.push(walk::analyze(node, text)?);
     }
     Ok(out)
+}
+
+/// The bytes of a Query or Parse message, read as the server will read them under `settings`
+/// ([`decode_statement`]), then classified with the session's `standard_conforming_strings`.
+/// Returns the decoded text (what audit records and the policy should name) with the statements.
+pub fn classify_bytes<'a>(
+    bytes: &'a [u8],
+    settings: &TextSettings,
+) -> Result<(Cow<'a, str>, Vec<Statement>), ClassifyError> {
+    let text = decode_statement(bytes, settings)?;
+    let statements = classify_with(
+        &text,
+        ParseOptions {
+            standard_conforming_strings: settings.standard_conforming_strings,
+        },
+    )?;
+    Ok((text, statements))
+}
+
+/// Why [`classify_bytes`] could not classify: the text could not be read as the server reads it,
+/// or the parser refused it. Either way the caller must fail closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
 }
 
 /// The source slice of one statement: PostgreSQL reports byte offsets, `len == 0` means "to the
@@ -203,16 +238,22 @@ pub struct Flags {
     pub explain_analyze_write: bool,
     /// `SELECT ... INTO new_table` (creates and fills a table).
     pub select_into: bool,
+    /// `ALTER TABLE|FOREIGN TABLE|TYPE ... DROP COLUMN|ATTRIBUTE` (the column's data is gone).
+    pub drops_column: bool,
+    /// `ALTER TABLE ... DROP CONSTRAINT`, `ALTER DOMAIN ... DROP CONSTRAINT`.
+    pub drops_constraint: bool,
 }
 
 impl Flags {
     /// Names used in policy files, with their values.
-    pub fn named(&self) -> [(&'static str, bool); 4] {
+    pub fn named(&self) -> [(&'static str, bool); 6] {
         [
             ("unbounded_write", self.unbounded_write),
             ("data_modifying_cte", self.data_modifying_cte),
             ("explain_analyze_write", self.explain_analyze_write),
             ("select_into", self.select_into),
+            ("drops_column", self.drops_column),
+            ("drops_constraint", self.drops_constraint),
         ]
     }
 }
@@ -223,6 +264,8 @@ pub const FLAG_NAMES: &[&str] = &[
     "data_modifying_cte",
     "explain_analyze_write",
     "select_into",
+    "drops_column",
+    "drops_constraint",
 ];
 
 /// Direction of a `COPY`.
@@ -498,8 +541,10 @@ pub enum Danger {
     LargeObject(String),
     /// Signals other backends or the postmaster.
     ProcessSignal(String),
-    /// Changes server or session configuration outside plain `SET` (`set_config`,
-    /// `ALTER SYSTEM`, `pg_reload_conf`, `ALTER DATABASE ... SET`).
+    /// Changes server or session configuration outside plain `SET`: `set_config` of a setting
+    /// that matters (identity, how SQL text is read, read-only guards, custom `x.y` settings,
+    /// ...; see `names.rs`) or of a computed name, `ALTER SYSTEM`, `pg_reload_conf`,
+    /// `ALTER DATABASE ... SET`. `set_config('application_name', ...)` is not one.
     ConfigChange(String),
     /// Switches role or ownership outside the role statements: `set_config('role', ...)`,
     /// `set_config('session_authorization', ...)`, `set_config` with a non-constant name,

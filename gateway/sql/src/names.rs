@@ -141,3 +141,37 @@ pub(crate) fn is_role_setting(name: &str) -> bool {
         "role" | "session_authorization"
     )
 }
+
+/// Settings whose change through `set_config` is a [`Danger::ConfigChange`]: identity, how the
+/// server reads SQL text, read-only guards, trigger and permission bypasses, audit logging,
+/// library loading, and every custom (`prefix.name`) setting, which extensions (`pgaudit.*`)
+/// and row-level-security policies (`current_setting('app.tenant')`) use. Anything else
+/// (`application_name`, `search_path`, `timezone`, `statement_timeout`, ...) is what a plain
+/// `SET` of the same name is: a session setting, not a danger.
+const SETTINGS_THAT_MATTER: &[&str] = &[
+    "role",
+    "session_authorization",
+    "standard_conforming_strings",
+    "client_encoding",
+    "backslash_quote",
+    "default_transaction_read_only",
+    "transaction_read_only",
+    "session_replication_role",
+    "row_security",
+    "lo_compat_privileges",
+    "allow_system_table_mods",
+    "local_preload_libraries",
+    "session_preload_libraries",
+    "dynamic_library_path",
+];
+
+/// `set_config(name, ...)` of a constant `name`: does changing it matter (see
+/// [`SETTINGS_THAT_MATTER`])? Names are compared lower-cased, as PostgreSQL does.
+pub(crate) fn setting_matters(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    SETTINGS_THAT_MATTER.contains(&n.as_str())
+        || n.contains('.')
+        || n.starts_with("log_")
+        || n.starts_with("debug_")
+        || n.starts_with("trace_")
+}

@@ -110,6 +110,12 @@ fn kind_of(node: &NodeEnum, type_name: &str, text: &str) -> Result<StatementKind
         | NodeEnum::AlterRoleSetStmt(_)
         | NodeEnum::ReassignOwnedStmt(_) => K::AlterRole,
         NodeEnum::DropRoleStmt(_) => K::DropRole,
+        // `ALTER ROLE|USER|GROUP name RENAME TO new`: a role statement, not generic DDL.
+        NodeEnum::RenameStmt(r)
+            if ObjectType::try_from(r.rename_type) == Ok(ObjectType::ObjectRole) =>
+        {
+            K::AlterRole
+        }
         NodeEnum::VariableSetStmt(v) => set_kind(v),
         NodeEnum::VariableShowStmt(_) => K::Show,
         NodeEnum::TransactionStmt(t) => {
@@ -426,25 +432,23 @@ impl Acc {
             push_unique(&mut self.dangerous, d);
         }
         if last.eq_ignore_ascii_case("set_config") {
-            push_unique(
-                &mut self.dangerous,
-                Danger::ConfigChange("set_config".into()),
-            );
+            // Like `SET name`, unless the name is one that matters (names::setting_matters) or
+            // is not a constant.
             let setting = m
                 .get("args")
                 .and_then(Value::as_array)
                 .and_then(|a| a.first())
-                .and_then(const_string);
-            match setting {
-                Some(s) if !names::is_role_setting(&s) => {}
-                Some(s) => push_unique(
-                    &mut self.dangerous,
-                    Danger::RoleChange(format!("set_config({})", s.to_ascii_lowercase())),
-                ),
-                None => push_unique(
-                    &mut self.dangerous,
-                    Danger::RoleChange("set_config(<expression>)".into()),
-                ),
+                .and_then(const_string)
+                .map(|s| s.to_ascii_lowercase());
+            let what = format!(
+                "set_config({})",
+                setting.as_deref().unwrap_or("<expression>")
+            );
+            if setting.as_deref().is_none_or(names::setting_matters) {
+                push_unique(&mut self.dangerous, Danger::ConfigChange(what.clone()));
+            }
+            if setting.as_deref().is_none_or(names::is_role_setting) {
+                push_unique(&mut self.dangerous, Danger::RoleChange(what));
             }
         }
     }
@@ -608,8 +612,20 @@ impl Acc {
             "AlterOwnerStmt" => {
                 push_unique(&mut self.dangerous, Danger::RoleChange("OWNER TO".into()))
             }
-            "AlterTableCmd" if m.get("newowner").is_some_and(|o| !o.is_null()) => {
-                push_unique(&mut self.dangerous, Danger::RoleChange("OWNER TO".into()));
+            "AlterTableCmd" => {
+                if m.get("newowner").is_some_and(|o| !o.is_null()) {
+                    push_unique(&mut self.dangerous, Danger::RoleChange("OWNER TO".into()));
+                }
+                let subtype = m.get("subtype").and_then(Value::as_i64);
+                if subtype == Some(protobuf::AlterTableType::AtDropColumn as i64) {
+                    self.flags.drops_column = true;
+                } else if subtype == Some(protobuf::AlterTableType::AtDropConstraint as i64) {
+                    self.flags.drops_constraint = true;
+                }
+            }
+            // `ALTER DOMAIN ... DROP CONSTRAINT` (subtype 'X').
+            "AlterDomainStmt" if str_field(m, "subtype") == "X" => {
+                self.flags.drops_constraint = true;
             }
             "CheckPointStmt" => push_unique(
                 &mut self.dangerous,

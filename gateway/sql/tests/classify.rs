@@ -210,13 +210,104 @@ fn privileges_and_session() {
     check("SHOW search_path", "show");
     check(
         "SELECT set_config('role', 'postgres', false)",
-        "select f=set_config d=config_change(set_config),role_change(set_config(role))",
+        "select f=set_config d=config_change(set_config(role)),role_change(set_config(role))",
+    );
+    check("SELECT set_config(lower('ROLE'), 'x', false)", "select f=lower,set_config d=config_change(set_config(<expression>)),role_change(set_config(<expression>))");
+}
+
+#[test]
+fn set_config_is_a_danger_only_for_settings_that_matter() {
+    // Harmless constant names: what a plain SET of them is.
+    for name in [
+        "application_name",
+        "search_path",
+        "SEARCH_PATH",
+        "timezone",
+        "statement_timeout",
+    ] {
+        check(
+            &format!("SELECT set_config('{name}', 'x', false)"),
+            "select f=set_config",
+        );
+    }
+    check(
+        "SELECT set_config('application_name'::text, 'x', false)",
+        "select f=set_config",
+    );
+    // Names that matter, and computed names.
+    for name in [
+        "standard_conforming_strings",
+        "client_encoding",
+        "backslash_quote",
+        "default_transaction_read_only",
+        "session_replication_role",
+        "app.tenant_id",
+        "pgaudit.log",
+        "log_statement",
+    ] {
+        check(
+            &format!("SELECT set_config('{name}', 'x', false)"),
+            &format!("select f=set_config d=config_change(set_config({name}))"),
+        );
+    }
+    check(
+        "SELECT set_config('Session_Authorization', 'x', false)",
+        "select f=set_config d=config_change(set_config(session_authorization)),role_change(set_config(session_authorization))",
     );
     check(
-        "SELECT set_config('search_path', '', false)",
-        "select f=set_config d=config_change(set_config)",
+        "SELECT set_config(name, 'x', false) FROM s",
+        "select t=s f=set_config d=config_change(set_config(<expression>)),role_change(set_config(<expression>))",
     );
-    check("SELECT set_config(lower('ROLE'), 'x', false)", "select f=lower,set_config d=config_change(set_config),role_change(set_config(<expression>))");
+}
+
+#[test]
+fn dropping_columns_and_constraints_is_flagged() {
+    check(
+        "ALTER TABLE t DROP COLUMN c",
+        "alter_table w=t t=t +drops_column",
+    );
+    check(
+        "alter table t drop c cascade",
+        "alter_table w=t t=t +drops_column",
+    );
+    check(
+        "ALTER TABLE IF EXISTS s.t DROP CONSTRAINT t_pkey",
+        "alter_table w=s.t t=s.t +drops_constraint",
+    );
+    check(
+        "ALTER TABLE t ADD COLUMN x int, DROP COLUMN IF EXISTS c, DROP CONSTRAINT k",
+        "alter_table w=t t=t +drops_column +drops_constraint",
+    );
+    check(
+        "ALTER FOREIGN TABLE f DROP COLUMN c",
+        "alter_foreign_table w=f t=f +drops_column",
+    );
+    check(
+        "ALTER TYPE ty DROP ATTRIBUTE a",
+        "alter_type w=ty t=ty +drops_column",
+    );
+    check(
+        "ALTER DOMAIN d DROP CONSTRAINT k",
+        "alter_domain +drops_constraint",
+    );
+    // Not drops.
+    check("ALTER TABLE t ADD COLUMN c int", "alter_table w=t t=t");
+    check(
+        "ALTER TABLE t ALTER COLUMN c DROP DEFAULT",
+        "alter_table w=t t=t",
+    );
+    check(
+        "ALTER DOMAIN d ADD CONSTRAINT k CHECK (VALUE > 0)",
+        "alter_domain",
+    );
+}
+
+#[test]
+fn renaming_a_role_is_a_role_statement() {
+    check("ALTER ROLE bob RENAME TO alice", "alter_role");
+    check("ALTER USER bob RENAME TO alice", "alter_role");
+    check("ALTER GROUP g RENAME TO h", "alter_role");
+    check("ALTER TABLE t RENAME TO u", "alter_rename w=t t=t");
 }
 
 #[test]

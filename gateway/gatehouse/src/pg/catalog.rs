@@ -66,10 +66,7 @@ impl Catalogs {
         columns: &[SourceColumn],
     ) -> Result<HashMap<SourceColumn, Arc<str>>, SessionError> {
         let catalog = {
-            let mut m = self
-                .by_connection
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut m = self.by_connection.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(m.entry(connection.to_owned()).or_default())
         };
         let mut out = HashMap::new();
