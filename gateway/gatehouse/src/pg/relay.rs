@@ -290,6 +290,39 @@ struct ClientState {
     /// The last wait for the server's answers could not complete (COPY FROM STDIN in
     /// progress): what needed them is refused instead.
     answers_unavailable: bool,
+    /// The session's masking has column rules: COPY TO (whose rows carry no column names)
+    /// is refused before it runs.
+    column_rules: bool,
+}
+
+/// Whether the text holds a `COPY ... TO` (cheap check first: the bytes mention "copy").
+/// Read with the reported settings when known; the upstream side refuses any COPY OUT that
+/// gets past this anyway.
+fn copies_out(bytes: &[u8], settings: Option<TextSettings>) -> bool {
+    if !bytes
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"copy"))
+    {
+        return false;
+    }
+    let settings = settings.unwrap_or_default();
+    let Ok(text) = gatehouse_sql::decode_statement(bytes, &settings) else {
+        return false;
+    };
+    let options = gatehouse_sql::ParseOptions {
+        standard_conforming_strings: settings.standard_conforming_strings,
+    };
+    gatehouse_sql::classify_with(&text, options).is_ok_and(|stmts| {
+        stmts.iter().any(|s| {
+            matches!(
+                s.kind,
+                gatehouse_sql::StatementKind::Copy {
+                    direction: gatehouse_sql::CopyDirection::To,
+                    ..
+                }
+            )
+        })
+    })
 }
 
 /// Who is asking, where: the policy facts fixed for the session.
@@ -483,6 +516,16 @@ impl ClientState {
         pipelined: bool,
     ) -> (Verdict, String, gatehouse_sql::ParseOptions) {
         let lossy = || String::from_utf8_lossy(bytes).into_owned();
+        if self.column_rules && copies_out(bytes, settings) {
+            let note = "COPY ... TO STDOUT cannot be masked column by column on a connection with \
+                        masking column rules; use SELECT"
+                .to_owned();
+            return (
+                Verdict::refuse_with("54000", note.clone(), format!("gatehouse: {note}")),
+                lossy(),
+                gatehouse_sql::ParseOptions::default(),
+            );
+        }
         if !self.may_restrict(gw) {
             return (
                 Verdict::allow_reusable(gw),
@@ -1049,9 +1092,16 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let column_rules = who.as_deref().is_some_and(|w| {
+        let set = gw.masking.load();
+        set.select(&w.groups, &w.connection, &w.tags)
+            .0
+            .has_column_rules()
+    });
     let mut st = ClientState {
         who,
         limits,
+        column_rules,
         ..ClientState::default()
     };
     // Bytes of a streamed CopyData message still to pass through.
@@ -1880,6 +1930,15 @@ impl Masking {
                 Ok(Some(b))
             }
             b'H' => {
+                // COPY OUT says nothing about its columns: column rules cannot be applied to
+                // its rows. Where any are configured, the COPY is not sent (use SELECT).
+                if self.engine.has_column_rules() {
+                    return Err(SessionError::MaskingFailed(
+                        "COPY TO STDOUT cannot be masked column by column on a connection with \
+                         masking column rules; use SELECT"
+                            .into(),
+                    ));
+                }
                 self.copy_binary = body.first() == Some(&1);
                 self.copy_header_seen = false;
                 Ok(None)
