@@ -169,6 +169,7 @@ pub async fn run(
     let on_demand = tokio::spawn(checkpoint_on_usr1(gw.clone()));
     let retention = tokio::spawn(prune_hourly(gw.clone()));
     let approvals = tokio::spawn(audit_approvals(gw.clone()));
+    let outbox = tokio::spawn(drain_outbox(gw.clone()));
     let (watchdog_stop, stop_rx) = tokio::sync::oneshot::channel();
     let watchdog = tokio::spawn(pet_watchdog(
         gw.config.load().config.gateway.watchdog,
@@ -185,6 +186,7 @@ pub async fn run(
     on_demand.abort();
     retention.abort();
     approvals.abort();
+    outbox.abort();
     if let Some(sftp) = sftp {
         sftp.stop().await;
     }
@@ -268,6 +270,31 @@ fn policy_note(gw: &Gateway) -> String {
     match policy.as_ref() {
         Some(p) => format!("policy version {} sha256 {}", p.version(), p.hash()),
         None => "no policy configured: every statement is allowed and recorded".into(),
+    }
+}
+
+/// Records the CLI's connection changes (`outbox.rs`) at start and every second. A changed
+/// credential also rebuilds the masking engines, so that the new password is masked in every
+/// session that starts from then on.
+async fn drain_outbox(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let config = gw.config.load().config.clone();
+        match crate::outbox::drain_into(&config, &gw.audit).await {
+            Ok(done) if done.iter().any(|r| r.event == EventKind::ConnectionChanged) => {
+                let g = gw.clone();
+                match tokio::task::spawn_blocking(move || g.rebuild_masking()).await {
+                    Ok(Ok(())) => tracing::info!("connection changed: masking engines rebuilt"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %format!("{e:#}"), "masking engines not rebuilt")
+                    }
+                    Err(_) => {}
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "audit outbox not drained"),
+        }
     }
 }
 

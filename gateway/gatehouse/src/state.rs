@@ -182,6 +182,15 @@ impl Gateway {
             .map(|p| p.hash().to_owned())
     }
 
+    /// Rebuilds the masking engines from the config in force and the vault as it is now
+    /// (after a credential was replaced).
+    pub fn rebuild_masking(&self) -> anyhow::Result<()> {
+        let config = self.config.load();
+        let masking = build_masking(&config.config, &self.vault, self.keys.as_ref())?;
+        self.masking.store(Arc::new(masking));
+        Ok(())
+    }
+
     /// Re-reads the config file; on any error the running config stays in force.
     pub fn reload(&self) -> anyhow::Result<String> {
         let path = self.config.load().path.clone();
