@@ -26,6 +26,7 @@
 
 mod eval;
 mod model;
+mod principal;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -33,9 +34,10 @@ use std::time::SystemTime;
 use gatehouse_sql::{ParseError, PreparedStatements, Statement};
 
 pub use model::{
-    Action, Approval, ApprovalMode, DefaultAction, Preset, PresetBlock, Principal, Rule, Scope,
-    StatementMatch, TablePattern, DEFAULT_HOLD, MAX_HOLD,
+    Action, Approval, ApprovalMode, DefaultAction, Preset, PresetBlock, Rule, Scope,
+    StatementMatch, TablePattern, Who, DEFAULT_HOLD, MAX_HOLD,
 };
+pub use principal::{Group, IssuerId, Issuers, NameError, Principal};
 
 /// Everything known about one request, borrowed from the session.
 #[derive(Debug, Clone, Copy)]

@@ -90,7 +90,7 @@ pub struct Scope {
 
 /// Conditions on who is asking.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Principal {
+pub struct Who {
     /// User names (any of); empty = anyone.
     pub users: BTreeSet<String>,
     /// Groups (the user is in any of); empty = anyone.
@@ -133,7 +133,7 @@ pub struct Rule {
     pub action: Action,
     pub reason: Option<String>,
     pub scope: Scope,
-    pub principal: Principal,
+    pub principal: Who,
     pub statement: StatementMatch,
     /// Present exactly when `action` is `RequireApproval`.
     pub approval: Option<Approval>,
@@ -378,7 +378,7 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
             connections: r.connections.into_iter().collect(),
             tags: r.tags,
         },
-        principal: Principal {
+        principal: Who {
             users: r.users.into_iter().collect(),
             groups: r.groups.into_iter().collect(),
             protocols: r.protocols.into_iter().collect(),
