@@ -24,7 +24,7 @@ reason = "writes to the ledger need a DBA"
 writes_to = ["{table}"]
 
 [rules.approval]
-approvers = ["dba"]
+approvers = ["dev:dba"]
 mode = "ticket"
 """
 
@@ -106,7 +106,7 @@ def test_ticket_approval_lets_the_identical_statement_pass_once(gatehouse, pg, t
         assert events(rid) == ["approval.requested", "approval.approved", "approval.executed"], events(rid)
         assert events(rid2) == ["approval.requested", "approval.denied"], events(rid2)
         rec = [r for r in gw.audit_json() if r["event"] == "approval.approved"][0]
-        assert "bob-dba approve (dba): ok once" in rec["reason"] and "e2e-approvals-1" in rec["reason"], rec
+        assert "dev:bob-dba approve (dba): ok once" in rec["reason"] and "e2e-approvals-1" in rec["reason"], rec
         assert rec["username"] == "alice-app" and rec["statement"] == sql
     finally:
         with pg.owner_connect() as c:
@@ -124,7 +124,7 @@ reason = "writes to orders wait for a DBA"
 writes_to = ["{orders}"]
 
 [rules.approval]
-approvers = ["dba"]
+approvers = ["dev:dba"]
 mode = "hold"
 hold_timeout_seconds = 30
 
@@ -135,7 +135,7 @@ reason = "writes to the short table wait two seconds at most"
 writes_to = ["{short}"]
 
 [rules.approval]
-approvers = ["dba"]
+approvers = ["dev:dba"]
 mode = "hold"
 hold_timeout_seconds = 2
 """
@@ -279,7 +279,7 @@ def test_webhook_on_request_and_decision(gatehouse, pg, tmp_path, fmt):
         if fmt == "json":
             assert [b["event"] for b in hook.bodies[:2]] == ["approval.requested", "approval.approved"]
             assert hook.bodies[0]["id"] == rid and hook.bodies[0]["requester"] == "alice-app"
-            assert hook.bodies[0]["approvers"] == ["dba"] and "INSERT INTO" in hook.bodies[0]["statement"]
+            assert hook.bodies[0]["approvers"] == ["dev:dba"] and "INSERT INTO" in hook.bodies[0]["statement"]
         else:
             assert set(hook.bodies[0]) == {"text"} and rid in hook.bodies[0]["text"]
             assert "needs approval" in hook.bodies[0]["text"] and "was approved" in hook.bodies[1]["text"]
@@ -301,20 +301,20 @@ def test_time_boxed_grant(gatehouse, pg, tmp_path):
         c.execute(f"CREATE TABLE {table} (id int)")
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY.replace("{table}", table))
-    gw = gatehouse(extra_toml=f'\n[policy]\npath = "{policy}"\n\n[approvals]\ngrant_issuers = ["dba"]\n')
+    gw = gatehouse(extra_toml=f'\n[policy]\npath = "{policy}"\n\n[approvals]\ngrant_issuers = ["dev:dba"]\n')
     alice = gw.token("alice-app", groups=["analysts"])
     bob = gw.token("bob-dba", groups=["dba"])
     eve = gw.token("eve", groups=["analysts"])
     try:
         assert "needs approval" in str(_refusal(gw, "alice-app", alice, f"INSERT INTO {table} VALUES (1)"))
         # Only grant issuers, never for oneself.
-        p = gw.cli("approvals", "grant", "--user", "alice-app", "--connection", "app", "--minutes", "30",
+        p = gw.cli("approvals", "grant", "--user", "dev:alice-app", "--connection", "app", "--minutes", "30",
                    "--token", eve, check=False)
         assert p.returncode != 0
-        p = gw.cli("approvals", "grant", "--user", "bob-dba", "--connection", "app", "--minutes", "30",
+        p = gw.cli("approvals", "grant", "--user", "dev:bob-dba", "--connection", "app", "--minutes", "30",
                    "--token", bob, check=False)
         assert p.returncode != 0
-        out = gw.cli("approvals", "grant", "--user", "alice-app", "--connection", "app", "--minutes", "30",
+        out = gw.cli("approvals", "grant", "--user", "dev:alice-app", "--connection", "app", "--minutes", "30",
                      "--token", bob, "--comment", "INC-42").stdout
         gid = out.split()[0]
         assert gid.startswith("grt_"), out

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use gatehouse_policy::{Group, IssuerId};
+
 use crate::ApprovalError;
 
 /// How long a writer waits for another process's transaction before failing.
@@ -16,7 +18,7 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an approval stays usable when the approver gives no window.
 pub const DEFAULT_APPROVAL_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS requests (
@@ -75,6 +77,42 @@ CREATE TABLE IF NOT EXISTS grants (
     last_used_at     INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS grants_lookup ON grants (grantee, connection, status, expires_at);
+";
+
+/// Schema 2: every stored user is a principal, so the issuer is stored beside each name
+/// (requester, voter, grantee, grant issuer, revoker). A token's groups are all at its issuer,
+/// so group lists stay lists of names at the issuer of the user they belong to. Rows of
+/// schema 1 get the empty issuer, which no verified token has: old requests and grants
+/// become inert rather than ambiguous. Votes are keyed by (issuer, name), so `alice` at two
+/// issuers are two voters.
+const MIGRATE_2: &str = "
+ALTER TABLE requests ADD COLUMN requester_issuer TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS requests_ticket2
+    ON requests (requester_issuer, requester, connection, statement_sha256, status);
+
+CREATE TABLE votes2 (
+    request_id      TEXT NOT NULL REFERENCES requests (id),
+    seq             INTEGER NOT NULL,
+    approver_issuer TEXT NOT NULL,
+    approver        TEXT NOT NULL COLLATE NOCASE,
+    approver_groups TEXT NOT NULL,             -- JSON array of names at approver_issuer
+    verdict         TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')),
+    comment         TEXT,
+    at              INTEGER NOT NULL,
+    PRIMARY KEY (request_id, approver_issuer, approver),
+    UNIQUE (request_id, seq)
+) STRICT;
+INSERT INTO votes2 (request_id, seq, approver_issuer, approver, approver_groups, verdict,
+    comment, at)
+    SELECT request_id, seq, '', approver, approver_groups, verdict, comment, at FROM votes;
+DROP TABLE votes;
+ALTER TABLE votes2 RENAME TO votes;
+
+ALTER TABLE grants ADD COLUMN grantee_issuer TEXT NOT NULL DEFAULT '';
+ALTER TABLE grants ADD COLUMN issued_by_issuer TEXT NOT NULL DEFAULT '';
+ALTER TABLE grants ADD COLUMN revoked_by_issuer TEXT;
+CREATE INDEX IF NOT EXISTS grants_lookup2
+    ON grants (grantee_issuer, grantee, connection, status, expires_at);
 ";
 
 /// Settings for [`ApprovalStore::open_with`].
@@ -202,8 +240,13 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), ApprovalError> {
             supported: SCHEMA_VERSION,
         });
     }
-    if found < SCHEMA_VERSION {
+    if found < 1 {
         tx.execute_batch(SCHEMA)?;
+    }
+    if found < 2 {
+        tx.execute_batch(MIGRATE_2)?;
+    }
+    if found < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
     tx.commit()?;
@@ -217,6 +260,22 @@ pub(crate) fn names_to_json(names: &[String]) -> Result<String, ApprovalError> {
 
 pub(crate) fn names_from_json(s: &str) -> Result<Vec<String>, ApprovalError> {
     serde_json::from_str(s).map_err(|e| ApprovalError::Corrupt(format!("name list: {e}")))
+}
+
+/// JSON text of the names of `groups`, which must all be at `issuer` (a token's groups are).
+pub(crate) fn groups_to_json(issuer: &IssuerId, groups: &[Group]) -> Result<String, ApprovalError> {
+    if groups.iter().any(|g| &g.issuer != issuer) {
+        return Err(ApprovalError::Invalid(
+            "a user's groups must be at the user's issuer".to_owned(),
+        ));
+    }
+    let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+    names_to_json(&names)
+}
+
+/// The stored group names of a user at `issuer`.
+pub(crate) fn groups_from_json(issuer: &IssuerId, s: &str) -> Result<Vec<Group>, ApprovalError> {
+    Ok(Group::all_of(issuer, &names_from_json(s)?))
 }
 
 #[cfg(test)]
@@ -255,6 +314,49 @@ mod tests {
             ApprovalStore::open(&path),
             Err(ApprovalError::UnsupportedSchema { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn schema_1_rows_become_inert_principals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO grants (id, grantee, connection, scope, issued_by, issued_by_groups,
+                    issued_at, expires_at, status)
+                 VALUES ('grt_aaaaaaaaaaaaaaaa', 'alice', 'app', 'any', 'bob', '[\"dba\"]',
+                    0, 9999999999999, 'active')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = ApprovalStore::open(&path).unwrap();
+        let v: i64 = store
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let g = store
+            .grant(&"grt_aaaaaaaaaaaaaaaa".parse().unwrap())
+            .unwrap();
+        // The old grantee has the empty issuer: no verified token's principal matches it.
+        assert_eq!(
+            g.user,
+            gatehouse_policy::Principal::new(IssuerId::new(""), "alice")
+        );
+        assert_eq!(
+            g.issued_by_groups,
+            vec![Group::new(IssuerId::new(""), "dba")]
+        );
+        let real = gatehouse_policy::Principal::new(IssuerId::new("https://idp.example"), "alice");
+        let now = std::time::SystemTime::now();
+        assert!(store.active_grants(&real, "app", now).unwrap().is_empty());
+        drop(store);
+        // Opening again does not migrate twice.
+        ApprovalStore::open(&path).unwrap();
     }
 
     #[test]

@@ -1351,10 +1351,24 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
     let store = state::open_approvals(cfg)?;
     let now = SystemTime::now();
     store.expire(now)?;
+    // People as configuration writes them: `corp:alice`, or plain for the sole real issuer.
+    let issuers = cfg.issuers().unwrap_or_default();
+    let show = |p: &gatehouse_approvals::Principal| issuers.show_user(p);
     let decide = |id: &str, token: &str, verdict, comment: Option<String>, minutes: Option<u64>| {
         let who = cli_identity(cfg, token, now, "approver")?;
         let id: gatehouse_approvals::RequestId = id.parse()?;
-        let r = decisions::decide(&store, &who, &id, verdict, comment.as_deref(), minutes, now)?;
+        let r = decisions::decide(
+            &store,
+            cfg,
+            &who,
+            &id,
+            decisions::Ballot {
+                verdict,
+                comment: comment.as_deref(),
+                minutes,
+            },
+            now,
+        )?;
         println!("{}", decisions::request_json(&r));
         anyhow::Ok(())
     };
@@ -1375,7 +1389,7 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
                         r.status.as_str(),
                         r.rule,
                         r.connection,
-                        r.requester,
+                        show(&r.requester),
                         r.approvers.join("|"),
                         r.statement
                     );
@@ -1426,7 +1440,11 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
             )?;
             println!(
                 "{} grants {} on {} ({:?}), issued by {}",
-                g.id, g.user, g.connection, g.scope, g.issued_by
+                g.id,
+                show(&g.user),
+                g.connection,
+                g.scope,
+                show(&g.issued_by)
             );
             Ok(())
         }
@@ -1446,7 +1464,13 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
             for g in store.list_grants(filter, 1000)? {
                 println!(
                     "{} {:?} {} on {} ({:?}) by {} used {}x",
-                    g.id, g.status, g.user, g.connection, g.scope, g.issued_by, g.use_count
+                    g.id,
+                    g.status,
+                    show(&g.user),
+                    g.connection,
+                    g.scope,
+                    show(&g.issued_by),
+                    g.use_count
                 );
             }
             Ok(())

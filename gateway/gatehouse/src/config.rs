@@ -99,14 +99,16 @@ pub struct MaskingProfile {
 }
 
 impl MaskingProfile {
-    /// Whether the profile applies to a session of a user in `groups` on `connection`.
+    /// Whether the profile applies to a session of a user in `groups` on `connection`;
+    /// `mine` is [`MaskingProfile::groups`] resolved through the configured issuers.
     pub fn selects(
         &self,
-        groups: &[String],
+        mine: &[gatehouse_policy::Group],
+        groups: &[gatehouse_policy::Group],
         connection: &str,
         tags: &BTreeMap<String, String>,
     ) -> bool {
-        (self.groups.is_empty() || self.groups.iter().any(|g| groups.contains(g)))
+        (self.groups.is_empty() || mine.iter().any(|g| groups.contains(g)))
             && (self.connections.is_empty() || self.connections.iter().any(|c| c == connection))
             && self.tags.iter().all(|(k, v)| tags.get(k) == Some(v))
     }
@@ -544,8 +546,12 @@ impl Config {
                 "identity.issuers: the name {DEV_ISSUER_NAME:?} is reserved for the development issuer"
             ));
         }
-        self.issuers()
+        let issuers = self
+            .issuers()
             .map_err(|e| format!("identity.issuers: {e}"))?;
+        issuers
+            .groups(&self.approvals.grant_issuers)
+            .map_err(|e| format!("approvals.grant_issuers: {e}"))?;
         if self.key_store.pcrs.iter().any(|p| *p > 23) {
             return Err("key_store.pcrs: PCR indexes are 0-23".into());
         }
@@ -587,6 +593,9 @@ impl Config {
             p.masking
                 .validate()
                 .map_err(|e| format!("masking_profiles {:?}: {e}", p.name))?;
+            self.issuers()
+                .and_then(|i| i.groups(&p.groups))
+                .map_err(|e| format!("masking_profiles {:?}: groups: {e}", p.name))?;
         }
         if let Some(sftp) = &self.sftp {
             sftp.validate()?;
@@ -630,13 +639,15 @@ impl Config {
                 gatehouse_policy::IssuerId::new(i.issuer.clone()),
             )
         });
-        let dev = self.identity.dev_issuer.enabled.then(|| {
-            (
-                Some(DEV_ISSUER_NAME.to_owned()),
+        let issuers = gatehouse_policy::Issuers::new(remote)?;
+        if self.identity.dev_issuer.enabled {
+            issuers.with_development(
+                DEV_ISSUER_NAME,
                 gatehouse_policy::IssuerId::new(gatehouse_identity::DEV_ISSUER),
             )
-        });
-        gatehouse_policy::Issuers::new(remote.chain(dev))
+        } else {
+            Ok(issuers)
+        }
     }
 
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
@@ -788,9 +799,22 @@ tags = { environment = "production" }
             issuers.user("alice").is_err(),
             "plain name with two issuers"
         );
-        // The development issuer counts as an issuer, named `dev`.
+        // The development issuer is named `dev`.
         let with_dev = format!("{two}\n[identity.dev_issuer]\nenabled = true\n");
         let i = load(&with_dev).unwrap().config.issuers().unwrap();
+        assert_eq!(
+            i.user("dev:alice").unwrap().issuer.as_str(),
+            "gatehouse-dev"
+        );
+        // Beside one real issuer, a plain name is the real issuer's, never the dev issuer's.
+        let one_dev = format!(
+            "{BASE}\n[[identity.issuers]]\nissuer = \"https://corp.example\"\naudience = [\"g\"]\n\n[identity.dev_issuer]\nenabled = true\n"
+        );
+        let i = load(&one_dev).unwrap().config.issuers().unwrap();
+        assert_eq!(
+            i.user("alice").unwrap().issuer.as_str(),
+            "https://corp.example"
+        );
         assert_eq!(
             i.user("dev:alice").unwrap().issuer.as_str(),
             "gatehouse-dev"

@@ -363,11 +363,14 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                     }
                 }
             }
+            // People as configuration writes them (`dev:bob`, or plain for the one real issuer).
+            let issuers = gw.config.load().config.issuers().unwrap_or_default();
             for ev in events {
                 let mut rec = gw.record(ev);
                 rec.policy_hash = gw.policy_hash();
-                rec.username = Some(r.requester.clone());
-                rec.groups = r.requester_groups.clone();
+                rec.username = Some(r.requester.name.clone());
+                rec.issuer = Some(r.requester.issuer.as_str().to_owned());
+                rec.groups = r.requester_groups.iter().map(|g| g.name.clone()).collect();
                 rec.connection = Some(r.connection.clone());
                 rec.statement = Some(r.statement.clone());
                 rec.decision = Some(match ev {
@@ -385,9 +388,9 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                     .map(|v| {
                         format!(
                             "{} {} ({}){}",
-                            v.approver,
+                            issuers.show_user(&v.approver),
                             v.verdict.as_str(),
-                            v.approver_groups.join(","),
+                            crate::decisions::names(&v.approver_groups).join(","),
                             v.comment
                                 .as_ref()
                                 .map(|c| format!(": {c}"))
@@ -431,10 +434,13 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                 if !active && before != Some(false) {
                     events.push(EventKind::GrantEnded);
                 }
+                // People as configuration writes them (`dev:bob`, or plain for the one real issuer).
+                let issuers = gw.config.load().config.issuers().unwrap_or_default();
                 for ev in events {
                     let mut rec = gw.record(ev);
                     rec.policy_hash = gw.policy_hash();
-                    rec.username = Some(g.user.clone());
+                    rec.username = Some(g.user.name.clone());
+                    rec.issuer = Some(g.user.issuer.as_str().to_owned());
                     rec.connection = Some(g.connection.clone());
                     rec.decision = Some(if ev == EventKind::GrantIssued {
                         gatehouse_audit::Decision::Allow
@@ -447,15 +453,15 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                         g.id,
                         g.status,
                         g.scope,
-                        g.issued_by,
-                        g.issued_by_groups.join(","),
+                        issuers.show_user(&g.issued_by),
+                        crate::decisions::names(&g.issued_by_groups).join(","),
                         g.comment
                             .as_ref()
                             .map(|c| format!(": {c}"))
                             .unwrap_or_default(),
                         g.revoked_by
                             .as_ref()
-                            .map(|r| format!("; revoked by {r}"))
+                            .map(|r| format!("; revoked by {}", issuers.show_user(r)))
                             .unwrap_or_default(),
                         g.use_count,
                         policy_note

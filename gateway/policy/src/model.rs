@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::principal::{Group, Issuers, Principal};
 use crate::PolicyError;
 
 /// A guardrail preset. Presets only ever deny.
@@ -91,10 +92,10 @@ pub struct Scope {
 /// Conditions on who is asking.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Who {
-    /// User names (any of); empty = anyone.
-    pub users: BTreeSet<String>,
+    /// Users (any of); empty = anyone.
+    pub users: BTreeSet<Principal>,
     /// Groups (the user is in any of); empty = anyone.
-    pub groups: BTreeSet<String>,
+    pub groups: BTreeSet<Group>,
     /// Protocols (any of, e.g. `postgres`); empty = any.
     pub protocols: BTreeSet<String>,
 }
@@ -142,7 +143,11 @@ pub struct Rule {
 /// Who must approve, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
+    /// The approver groups as the policy writes them (carried into approval requests, which
+    /// resolve them again through the configured issuers when a vote is judged).
     pub approvers: Vec<String>,
+    /// The same groups, resolved at load: every written name names exactly one issuer's group.
+    pub approver_groups: Vec<Group>,
     pub min_approvals: u32,
     pub mode: ApprovalMode,
 }
@@ -189,9 +194,9 @@ struct RawRule {
     #[serde(default)]
     tags: BTreeMap<String, String>,
     #[serde(default)]
-    users: Vec<String>,
+    users: Vec<Spanned<String>>,
     #[serde(default)]
-    groups: Vec<String>,
+    groups: Vec<Spanned<String>>,
     #[serde(default)]
     protocols: Vec<String>,
     #[serde(default)]
@@ -213,7 +218,7 @@ struct RawRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApproval {
-    approvers: Vec<String>,
+    approvers: Vec<Spanned<String>>,
     #[serde(default = "one")]
     min_approvals: u32,
     mode: RawMode,
@@ -244,7 +249,7 @@ pub(crate) struct Parsed {
     pub rules: Vec<Rule>,
 }
 
-pub(crate) fn parse(src: &str) -> Result<Parsed, PolicyError> {
+pub(crate) fn parse(src: &str, issuers: &Issuers) -> Result<Parsed, PolicyError> {
     let raw: RawPolicy = toml::from_str(src)
         .map_err(|e| PolicyError::at(src, e.span().map(|s| s.start), e.message()))?;
     if raw.version.get_ref().trim().is_empty() {
@@ -274,7 +279,7 @@ pub(crate) fn parse(src: &str) -> Result<Parsed, PolicyError> {
     let mut names = BTreeSet::new();
     let mut rules = Vec::new();
     for r in raw.rules {
-        rules.push(rule(src, r, &mut names)?);
+        rules.push(rule(src, r, &mut names, issuers)?);
     }
     Ok(Parsed {
         version: raw.version.into_inner(),
@@ -284,7 +289,12 @@ pub(crate) fn parse(src: &str) -> Result<Parsed, PolicyError> {
     })
 }
 
-fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, PolicyError> {
+fn rule(
+    src: &str,
+    r: RawRule,
+    names: &mut BTreeSet<String>,
+    issuers: &Issuers,
+) -> Result<Rule, PolicyError> {
     let err =
         |span: std::ops::Range<usize>, msg: String| PolicyError::at(src, Some(span.start), &msg);
     let name = r.name.get_ref().clone();
@@ -340,6 +350,26 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
             })
             .collect()
     };
+    // Users and groups name a principal at one issuer (`corp:alice`; plain only when one
+    // issuer is configured): resolved here, so evaluation compares principals, never text.
+    let users = r
+        .users
+        .iter()
+        .map(|u| {
+            issuers
+                .user(u.get_ref())
+                .map_err(|e| err(u.span(), format!("rule {name:?}: {e}")))
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let groups = r
+        .groups
+        .iter()
+        .map(|g| {
+            issuers
+                .group(g.get_ref())
+                .map_err(|e| err(g.span(), format!("rule {name:?}: {e}")))
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
     let tables = patterns(&r.tables)?;
     let writes_to = patterns(&r.writes_to)?;
 
@@ -350,9 +380,14 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
         (Action::RequireApproval, Some(a)) => {
             let span = a.span();
             let a = a.into_inner();
-            if a.approvers.is_empty() || a.approvers.iter().any(|g| g.trim().is_empty()) {
+            if a.approvers.is_empty() || a.approvers.iter().any(|g| g.get_ref().trim().is_empty()) {
                 return Err(err(span, format!("rule {name:?}: approvers must list at least one group")));
             }
+            let approver_groups = a
+                .approvers
+                .iter()
+                .map(|g| issuers.group(g.get_ref()).map_err(|e| err(g.span(), format!("rule {name:?}: approvers: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
             if a.min_approvals == 0 {
                 return Err(err(span, format!("rule {name:?}: min_approvals must be at least 1")));
             }
@@ -365,7 +400,7 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
                 }
                 (RawMode::Hold, Some(s)) => ApprovalMode::Hold { timeout: Duration::from_secs(s) },
             };
-            Some(Approval { approvers: a.approvers, min_approvals: a.min_approvals, mode })
+            Some(Approval { approvers: a.approvers.into_iter().map(Spanned::into_inner).collect(), approver_groups, min_approvals: a.min_approvals, mode })
         }
         (_, Some(a)) => return Err(err(a.span(), format!("rule {name:?}: an approval table is only allowed with action = \"require_approval\""))),
         (_, None) => None,
@@ -379,8 +414,8 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
             tags: r.tags,
         },
         principal: Who {
-            users: r.users.into_iter().collect(),
-            groups: r.groups.into_iter().collect(),
+            users,
+            groups,
             protocols: r.protocols.into_iter().collect(),
         },
         statement: StatementMatch {

@@ -4,8 +4,10 @@
 //!
 //! Configuration, policy files, the CLI and the API write a principal as `alias:name`, where
 //! `alias` is the `name` of an `[[identity.issuers]]` entry (`dev` for the development issuer),
-//! or as a plain `name` when exactly one issuer is configured ([`Issuers::user`],
-//! [`Issuers::group`]). A written name whose text before the first `:` is not a configured
+//! or as a plain `name` when exactly one issuer other than the development issuer is
+//! configured (or the development issuer alone) ([`Issuers::user`], [`Issuers::group`]). The
+//! development issuer mints any name for whoever runs `gatehouse token`, so it never stands in
+//! for a real IdP: beside one, its principals are written `dev:name`. A written name whose text before the first `:` is not a configured
 //! alias is a plain name, so existing single-issuer configurations (no aliases) read as
 //! before, names with colons included.
 
@@ -51,6 +53,13 @@ impl Principal {
     /// issuer, names equal ignoring ASCII case (fail closed: `Bob` is `bob`).
     pub fn same_person(&self, other: &Principal) -> bool {
         self.issuer == other.issuer && self.name.eq_ignore_ascii_case(&other.name)
+    }
+}
+
+/// For logs and messages: `alice (https://idp.example)`. Never parsed back.
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.issuer)
     }
 }
 
@@ -106,6 +115,8 @@ pub enum NameError {
 pub struct Issuers {
     aliases: BTreeMap<String, IssuerId>,
     all: Vec<IssuerId>,
+    /// The development issuer, when enabled (also in `all`).
+    development: Option<IssuerId>,
 }
 
 impl Issuers {
@@ -132,18 +143,39 @@ impl Issuers {
         Ok(out)
     }
 
+    /// Adds the development issuer under `alias` (`dev`). Plain names resolve to it only
+    /// when no other issuer is configured.
+    pub fn with_development(mut self, alias: &str, id: IssuerId) -> Result<Issuers, NameError> {
+        let mut one = Issuers::new([(Some(alias.to_owned()), id.clone())])?;
+        if self.aliases.contains_key(alias) {
+            return Err(NameError::DuplicateAlias(alias.to_owned()));
+        }
+        self.aliases.append(&mut one.aliases);
+        self.all.push(id.clone());
+        self.development = Some(id);
+        Ok(self)
+    }
+
     /// One issuer, no alias (tests, single-issuer tools).
     pub fn single(id: IssuerId) -> Issuers {
         Issuers {
             aliases: BTreeMap::new(),
             all: vec![id],
+            development: None,
         }
     }
 
-    /// The only issuer, when exactly one is configured.
+    /// The issuer a plain name means: the only issuer other than the development issuer, or
+    /// the development issuer when it is the only one.
     pub fn sole(&self) -> Option<&IssuerId> {
-        match self.all.as_slice() {
-            [one] => Some(one),
+        let real: Vec<&IssuerId> = self
+            .all
+            .iter()
+            .filter(|i| Some(*i) != self.development.as_ref())
+            .collect();
+        match (real.as_slice(), &self.development) {
+            ([one], _) => Some(one),
+            ([], Some(dev)) => Some(dev),
             _ => None,
         }
     }
@@ -168,8 +200,10 @@ impl Issuers {
         if written.trim().is_empty() {
             return Err(NameError::Empty { what });
         }
+        if let Some(one) = self.sole() {
+            return Ok((one.clone(), written.to_owned()));
+        }
         match self.all.as_slice() {
-            [one] => Ok((one.clone(), written.to_owned())),
             [] => Err(NameError::NoIssuer {
                 what,
                 written: written.to_owned(),
@@ -278,6 +312,33 @@ mod tests {
         assert!(i.user("corp:").is_err());
         assert!(i.user("other:alice").is_err(), "unknown alias, two issuers");
         assert_eq!(i.show_user(&a), "corp:alice");
+    }
+
+    #[test]
+    fn plain_names_never_mean_the_development_issuer_beside_a_real_one() {
+        let dev = IssuerId::new("gatehouse-dev");
+        let corp = IssuerId::new("https://corp.example");
+        let i = Issuers::new([(None, corp.clone())])
+            .unwrap()
+            .with_development("dev", dev.clone())
+            .unwrap();
+        assert_eq!(i.user("alice").unwrap().issuer, corp);
+        assert_eq!(i.group("dba").unwrap().issuer, corp);
+        assert_eq!(i.user("dev:alice").unwrap().issuer, dev);
+        assert_eq!(i.show_user(&i.user("alice").unwrap()), "alice");
+        assert_eq!(i.show_user(&i.user("dev:alice").unwrap()), "dev:alice");
+        // The development issuer alone: plain names are its own.
+        let only = Issuers::default()
+            .with_development("dev", dev.clone())
+            .unwrap();
+        assert_eq!(only.user("alice").unwrap().issuer, dev);
+        // Two real issuers (and dev): plain names are ambiguous.
+        let three = two().with_development("dev", dev).unwrap();
+        assert!(matches!(
+            three.user("alice"),
+            Err(NameError::Ambiguous { .. })
+        ));
+        assert!(two().with_development("corp", corp).is_err(), "alias taken");
     }
 
     #[test]

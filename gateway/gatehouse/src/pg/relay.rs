@@ -115,8 +115,8 @@ struct ClientState {
 /// Who is asking, where: the policy facts fixed for the session.
 #[derive(Debug)]
 struct Who {
-    user: String,
-    groups: Vec<String>,
+    user: gatehouse_policy::Principal,
+    groups: Vec<gatehouse_policy::Group>,
     connection: String,
     tags: std::collections::BTreeMap<String, String>,
     /// `Some(max bytes)` when the connection records sessions.
@@ -533,9 +533,10 @@ pub async fn run(
         let recording = conn
             .filter(|c| c.record_sessions)
             .map(|c| c.recording_max_bytes);
+        let issuer = gatehouse_policy::IssuerId::new(id.issuer.clone());
         Arc::new(Who {
-            user: id.username.clone(),
-            groups: id.groups.clone(),
+            user: gatehouse_policy::Principal::new(issuer.clone(), id.username.clone()),
+            groups: gatehouse_policy::Group::all_of(&issuer, &id.groups),
             connection,
             tags,
             recording,
