@@ -155,6 +155,18 @@ impl ApprovalStore {
         path: impl AsRef<Path>,
         opts: StoreOptions,
     ) -> Result<ApprovalStore, ApprovalError> {
+        Self::open_upgrading(path, opts, None)
+    }
+
+    /// As [`ApprovalStore::open_with`]; when this open migrates a schema-1 store, its users
+    /// (which carry no issuer) are given `legacy_issuer`. Pass it only when exactly one issuer
+    /// is configured, so the old names are unambiguous; otherwise old rows get the empty issuer
+    /// and stay inert.
+    pub fn open_upgrading(
+        path: impl AsRef<Path>,
+        opts: StoreOptions,
+        legacy_issuer: Option<&IssuerId>,
+    ) -> Result<ApprovalStore, ApprovalError> {
         let path = path.as_ref();
         if opts.approval_window.is_zero() || opts.approval_window > crate::MAX_APPROVAL_WINDOW {
             return Err(ApprovalError::Invalid(
@@ -180,7 +192,7 @@ impl ApprovalStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        ensure_schema(&mut conn)?;
+        ensure_schema(&mut conn, legacy_issuer)?;
         tracing::debug!(path = %path.display(), "approval store opened");
         Ok(ApprovalStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -231,7 +243,10 @@ impl ApprovalStore {
     }
 }
 
-fn ensure_schema(conn: &mut Connection) -> Result<(), ApprovalError> {
+fn ensure_schema(
+    conn: &mut Connection,
+    legacy_issuer: Option<&IssuerId>,
+) -> Result<(), ApprovalError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
@@ -245,6 +260,16 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), ApprovalError> {
     }
     if found < 2 {
         tx.execute_batch(MIGRATE_2)?;
+        if let (1, Some(iss)) = (found, legacy_issuer) {
+            for sql in [
+                "UPDATE requests SET requester_issuer = ?1 WHERE requester_issuer = ''",
+                "UPDATE votes SET approver_issuer = ?1 WHERE approver_issuer = ''",
+                "UPDATE grants SET grantee_issuer = ?1, issued_by_issuer = ?1",
+                "UPDATE grants SET revoked_by_issuer = ?1 WHERE revoked_by IS NOT NULL",
+            ] {
+                tx.execute(sql, [iss.as_str()])?;
+            }
+        }
     }
     if found < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -357,6 +382,36 @@ mod tests {
         drop(store);
         // Opening again does not migrate twice.
         ApprovalStore::open(&path).unwrap();
+    }
+
+    #[test]
+    fn schema_1_rows_take_the_sole_issuer_when_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let v1 = |path: &Path| {
+            let c = Connection::open(path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO grants (id, grantee, connection, scope, issued_by, issued_by_groups,
+                    issued_at, expires_at, status)
+                 VALUES ('grt_aaaaaaaaaaaaaaaa', 'alice', 'app', 'any', 'bob', '[]',
+                    0, 9999999999999, 'active')",
+                [],
+            )
+            .unwrap();
+        };
+        v1(&path);
+        let idp = IssuerId::new("https://idp.example");
+        let store =
+            ApprovalStore::open_upgrading(&path, StoreOptions::default(), Some(&idp)).unwrap();
+        let alice = gatehouse_policy::Principal::new(idp.clone(), "alice");
+        let now = std::time::SystemTime::now();
+        assert_eq!(store.active_grants(&alice, "app", now).unwrap().len(), 1);
+        let g = store
+            .grant(&"grt_aaaaaaaaaaaaaaaa".parse().unwrap())
+            .unwrap();
+        assert_eq!(g.issued_by, gatehouse_policy::Principal::new(idp, "bob"));
     }
 
     #[test]

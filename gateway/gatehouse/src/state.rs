@@ -35,8 +35,15 @@ pub struct Gateway {
 
 /// Opens the approvals store in the data dir.
 pub fn open_approvals(config: &Config) -> anyhow::Result<gatehouse_approvals::ApprovalStore> {
-    gatehouse_approvals::ApprovalStore::open(config.gateway.data_dir.join("approvals.db"))
-        .context("opening the approvals store")
+    // A schema-1 store (users without issuers) is upgraded to the sole issuer, if there is
+    // exactly one; otherwise its old rows become inert (docs/decisions.md, "Principals").
+    let issuers = config.issuers().context("identity.issuers")?;
+    gatehouse_approvals::ApprovalStore::open_upgrading(
+        config.gateway.data_dir.join("approvals.db"),
+        gatehouse_approvals::StoreOptions::default(),
+        issuers.only(),
+    )
+    .context("opening the approvals store")
 }
 
 /// The default masking engine and one per profile.

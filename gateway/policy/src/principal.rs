@@ -180,6 +180,15 @@ impl Issuers {
         }
     }
 
+    /// The one configured issuer, when exactly one is (the development issuer counts): the
+    /// only case where a name stored without an issuer can be given one unambiguously.
+    pub fn only(&self) -> Option<&IssuerId> {
+        match self.all.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
     /// The alias of `issuer`, if it has one.
     pub fn alias_of(&self, issuer: &IssuerId) -> Option<&str> {
         self.aliases
