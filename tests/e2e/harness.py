@@ -404,7 +404,7 @@ class Gatehouse:
     def __init__(self, root: Path, pg: Postgres | None, oidc: OidcProvider | None, *,
                  upstream_port: int | None = None, upstream_password: str = CANARY,
                  upstream_user: str = APP_ROLE, plaintext: bool = False, dev_issuer: bool = True,
-                 extra_toml: str = "", env: dict[str, str] | None = None):
+                 extra_toml: str = "", env: dict[str, str] | None = None, issuer_name: str | None = None):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.bin = gatehouse_bin()
@@ -438,6 +438,7 @@ class Gatehouse:
         if oidc is not None:
             lines += [
                 "[[identity.issuers]]",
+                *([f'name = "{issuer_name}"'] if issuer_name else []),
                 f'issuer = "{oidc.issuer}"',
                 'audience = ["gatehouse"]',
                 'username_claim = "sub"',

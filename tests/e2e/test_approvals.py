@@ -24,7 +24,7 @@ reason = "writes to the ledger need a DBA"
 writes_to = ["{table}"]
 
 [rules.approval]
-approvers = ["dba"]
+approvers = ["dev:dba"]
 mode = "ticket"
 """
 
@@ -106,7 +106,7 @@ def test_ticket_approval_lets_the_identical_statement_pass_once(gatehouse, pg, t
         assert events(rid) == ["approval.requested", "approval.approved", "approval.executed"], events(rid)
         assert events(rid2) == ["approval.requested", "approval.denied"], events(rid2)
         rec = [r for r in gw.audit_json() if r["event"] == "approval.approved"][0]
-        assert "bob-dba approve (dba): ok once" in rec["reason"] and "e2e-approvals-1" in rec["reason"], rec
+        assert "dev:bob-dba approve (dba): ok once" in rec["reason"] and "e2e-approvals-1" in rec["reason"], rec
         assert rec["username"] == "alice-app" and rec["statement"] == sql
     finally:
         with pg.owner_connect() as c:
@@ -124,7 +124,7 @@ reason = "writes to orders wait for a DBA"
 writes_to = ["{orders}"]
 
 [rules.approval]
-approvers = ["dba"]
+approvers = ["dev:dba"]
 mode = "hold"
 hold_timeout_seconds = 30
 
@@ -135,7 +135,7 @@ reason = "writes to the short table wait two seconds at most"
 writes_to = ["{short}"]
 
 [rules.approval]
-approvers = ["dba"]
+approvers = ["dev:dba"]
 mode = "hold"
 hold_timeout_seconds = 2
 """
@@ -279,7 +279,7 @@ def test_webhook_on_request_and_decision(gatehouse, pg, tmp_path, fmt):
         if fmt == "json":
             assert [b["event"] for b in hook.bodies[:2]] == ["approval.requested", "approval.approved"]
             assert hook.bodies[0]["id"] == rid and hook.bodies[0]["requester"] == "alice-app"
-            assert hook.bodies[0]["approvers"] == ["dba"] and "INSERT INTO" in hook.bodies[0]["statement"]
+            assert hook.bodies[0]["approvers"] == ["dev:dba"] and "INSERT INTO" in hook.bodies[0]["statement"]
         else:
             assert set(hook.bodies[0]) == {"text"} and rid in hook.bodies[0]["text"]
             assert "needs approval" in hook.bodies[0]["text"] and "was approved" in hook.bodies[1]["text"]
@@ -301,20 +301,20 @@ def test_time_boxed_grant(gatehouse, pg, tmp_path):
         c.execute(f"CREATE TABLE {table} (id int)")
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY.replace("{table}", table))
-    gw = gatehouse(extra_toml=f'\n[policy]\npath = "{policy}"\n\n[approvals]\ngrant_issuers = ["dba"]\n')
+    gw = gatehouse(extra_toml=f'\n[policy]\npath = "{policy}"\n\n[approvals]\ngrant_issuers = ["dev:dba"]\n')
     alice = gw.token("alice-app", groups=["analysts"])
     bob = gw.token("bob-dba", groups=["dba"])
     eve = gw.token("eve", groups=["analysts"])
     try:
         assert "needs approval" in str(_refusal(gw, "alice-app", alice, f"INSERT INTO {table} VALUES (1)"))
         # Only grant issuers, never for oneself.
-        p = gw.cli("approvals", "grant", "--user", "alice-app", "--connection", "app", "--minutes", "30",
+        p = gw.cli("approvals", "grant", "--user", "dev:alice-app", "--connection", "app", "--minutes", "30",
                    "--token", eve, check=False)
         assert p.returncode != 0
-        p = gw.cli("approvals", "grant", "--user", "bob-dba", "--connection", "app", "--minutes", "30",
+        p = gw.cli("approvals", "grant", "--user", "dev:bob-dba", "--connection", "app", "--minutes", "30",
                    "--token", bob, check=False)
         assert p.returncode != 0
-        out = gw.cli("approvals", "grant", "--user", "alice-app", "--connection", "app", "--minutes", "30",
+        out = gw.cli("approvals", "grant", "--user", "dev:alice-app", "--connection", "app", "--minutes", "30",
                      "--token", bob, "--comment", "INC-42").stdout
         gid = out.split()[0]
         assert gid.startswith("grt_"), out
@@ -343,6 +343,112 @@ def test_time_boxed_grant(gatehouse, pg, tmp_path):
         assert grant_events() == ["grant.issued", "grant.ended"], grant_events()
         issued = [r for r in gw.audit_json() if r["event"] == "grant.issued"][0]
         assert "bob-dba (dba): INC-42" in issued["reason"] and issued["username"] == "alice-app", issued
+    finally:
+        with pg.owner_connect() as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+TWO_IDPS_POLICY = """
+version = "e2e-two-idps"
+default = "deny"
+
+[[rules]]
+name = "anyone-show"
+action = "allow"
+kinds = ["show"]
+
+[[rules]]
+name = "corp-alice-reads"
+action = "allow"
+users = ["corp:agent-alice"]
+kinds = ["select"]
+
+[[rules]]
+name = "corp-engineers-insert"
+action = "allow"
+groups = ["corp:engineers"]
+kinds = ["insert"]
+
+[[rules]]
+name = "updates-need-corp-engineers"
+action = "require_approval"
+kinds = ["update"]
+[rules.approval]
+approvers = ["corp:engineers"]
+mode = "ticket"
+"""
+
+
+def test_same_name_at_another_idp_is_another_principal(gatehouse, pg, oidc, oidc_factory, tmp_path):
+    """Two real OpenID providers that both issue agent-alice (analysts) and agent-bob (analysts,
+    engineers). Users, groups, approvers and grant issuers written `corp:` are the first
+    provider's only: the second provider's namesakes log in, but match no rule, use no grant
+    and approve nothing meant for the first."""
+    partner = oidc_factory()
+    assert partner.issuer != oidc.issuer
+    table = f"idps_{secrets.token_hex(4)}"
+    with pg.owner_connect() as c:
+        c.execute("SET ROLE gh_app")
+        c.execute(f"CREATE TABLE {table} (id int, v int)")
+        c.execute(f"INSERT INTO {table} VALUES (1, 0)")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(TWO_IDPS_POLICY)
+    gw = gatehouse(issuer_name="corp", dev_issuer=False, extra_toml=(
+        f'\n[[identity.issuers]]\nname = "partner"\nissuer = "{partner.issuer}"\n'
+        'audience = ["gatehouse"]\nusername_claim = "sub"\ngroups_claim = "groups"\n'
+        f'\n[policy]\npath = "{policy}"\n\n[approvals]\ngrant_issuers = ["corp:engineers"]\n'))
+    corp_alice, corp_bob = oidc.token("agent-alice"), oidc.token("agent-bob")
+    p_alice, p_bob = partner.token("agent-alice"), partner.token("agent-bob")
+    try:
+        # Logins from both providers work.
+        for tok in (corp_alice, corp_bob, p_alice, p_bob):
+            user = "agent-alice" if tok in (corp_alice, p_alice) else "agent-bob"
+            with gw.connect(user, tok, autocommit=True) as c:
+                assert c.execute("SHOW server_version").fetchone()
+
+        # User and group rules meant for corp do not match partner's namesakes.
+        with gw.connect("agent-alice", corp_alice, autocommit=True) as c:
+            assert c.execute(f"SELECT count(*) FROM {table}").fetchone() == (1,)
+        assert "policy:default" in str(_refusal(gw, "agent-alice", p_alice, f"SELECT count(*) FROM {table}"))
+        with gw.connect("agent-bob", corp_bob, autocommit=True) as c:
+            c.execute(f"INSERT INTO {table} VALUES (2, 0)")
+        assert "policy:default" in str(_refusal(gw, "agent-bob", p_bob, f"INSERT INTO {table} VALUES (3, 0)"))
+
+        # A request from corp's alice: partner's engineer cannot approve it; corp's can.
+        sql = f"UPDATE {table} SET v = v + 1 WHERE id = 1"
+        e = _refusal(gw, "agent-alice", corp_alice, sql)
+        assert "apr_" in str(e), e
+        pending = [json.loads(l) for l in gw.cli("approvals", "list", "--json").stdout.splitlines()]
+        assert len(pending) == 1 and pending[0]["requester_issuer"] == oidc.issuer, pending
+        rid = pending[0]["id"]
+        p = gw.cli("approvals", "approve", rid, "--token", p_bob, check=False)
+        assert p.returncode != 0 and "approver" in p.stderr.lower(), p.stderr
+        out = json.loads(gw.cli("approvals", "approve", rid, "--token", corp_bob).stdout)
+        assert out["status"] == "approved" and out["votes"][0]["approver_issuer"] == oidc.issuer, out
+        # The approved ticket is corp alice's: her namesake's identical statement is refused.
+        assert sql_error_state(_refusal(gw, "agent-alice", p_alice, sql)) == "42501"
+        with gw.connect("agent-alice", corp_alice, autocommit=True) as c:
+            c.execute(sql)
+
+        # Grants: a plain name is ambiguous with two providers; partner's engineer is no grant
+        # issuer; a grant to corp:agent-alice is hers only.
+        grant = ["approvals", "grant", "--connection", "app", "--minutes", "30", "--scope", "any"]
+        p = gw.cli(*grant, "--user", "agent-alice", "--token", corp_bob, check=False)
+        assert p.returncode != 0 and "ambiguous" in p.stderr, p.stderr
+        p = gw.cli(*grant, "--user", "corp:agent-alice", "--token", p_bob, check=False)
+        assert p.returncode != 0, p.stdout
+        gid = gw.cli(*grant, "--user", "corp:agent-alice", "--token", corp_bob).stdout.split()[0]
+        assert gid.startswith("grt_"), gid
+        other = f"UPDATE {table} SET v = v + 10 WHERE id = 1"
+        assert "needs approval" in str(_refusal(gw, "agent-alice", p_alice, other))
+        with gw.connect("agent-alice", corp_alice, autocommit=True) as c:
+            c.execute(other)
+        with pg.owner_connect() as c:
+            assert c.execute(f"SELECT v FROM {table} WHERE id = 1").fetchone() == (11,)
+        # The grant's audit record names the grantee's issuer.
+        issued = lambda: [r for r in gw.audit_json() if r["event"] == "grant.issued"]  # noqa: E731
+        wait_for(lambda: issued(), timeout=10, what="the grant.issued audit record")
+        assert issued()[-1]["username"] == "agent-alice" and issued()[-1]["issuer"] == oidc.issuer, issued()
     finally:
         with pg.owner_connect() as c:
             c.execute(f"DROP TABLE IF EXISTS {table}")

@@ -45,7 +45,7 @@ reason = "writes to the held table wait for an engineer"
 writes_to = ["{HELD}"]
 
 [rules.approval]
-approvers = ["engineers", "dba"]
+approvers = ["engineers", "dev:dba"]
 mode = "hold"
 hold_timeout_seconds = 60
 
@@ -56,7 +56,7 @@ reason = "writes to the brief table wait two seconds at most"
 writes_to = ["{BRIEF}"]
 
 [rules.approval]
-approvers = ["engineers", "dba"]
+approvers = ["engineers", "dev:dba"]
 mode = "hold"
 hold_timeout_seconds = 2
 
@@ -67,7 +67,7 @@ reason = "writes to the ticket table need an engineer"
 writes_to = ["{TICKET}", "{GRANTED}"]
 
 [rules.approval]
-approvers = ["engineers", "dba"]
+approvers = ["engineers", "dev:dba"]
 mode = "ticket"
 
 [[rules]]
@@ -77,7 +77,7 @@ reason = "writes to the quorum table need two approvers"
 writes_to = ["{QUORUM}"]
 
 [rules.approval]
-approvers = ["engineers", "dba"]
+approvers = ["engineers", "dev:dba"]
 min_approvals = 2
 mode = "ticket"
 """
@@ -192,7 +192,7 @@ def env(module_gatehouse, pg, oidc, tmp_path_factory):
     policy.write_text(POLICY)
     api_port = free_port()
     gw = module_gatehouse(extra_toml=(
-        f'\n[policy]\npath = "{policy}"\n\n[approvals]\ngrant_issuers = ["dba"]\n\n'
+        f'\n[policy]\npath = "{policy}"\n\n[approvals]\ngrant_issuers = ["dev:dba"]\n\n'
         f'[[listeners]]\nname = "api"\nprotocol = "api"\nbind = "127.0.0.1:{api_port}"\n'))
     api = Api(gw, api_port)
     wait_for(lambda: api.get("/v1/healthz").status_code == 200, timeout=10, what="the API listener")
@@ -276,7 +276,7 @@ def test_held_insert_is_approved_through_the_api_and_then_runs(env, pg):
         assert r.status_code == 200
         a = r.json()
         assert (a["status"], a["mode"], a["requester"], a["statement"]) == ("pending", "hold", "agent-alice", sql)
-        assert a["approvers"] == ["engineers", "dba"] and a["rule"].endswith("held-writes")
+        assert a["approvers"] == ["engineers", "dev:dba"] and a["rule"].endswith("held-writes")
 
         r = api.post(f"/v1/approvals/{rid}/approve", tok["bob"], {"comment": "looks fine", "minutes": 5})
         assert r.status_code == 200, r.text
@@ -464,7 +464,7 @@ def test_quorum_and_double_decisions(env, pg):
     assert _rows(pg, QUORUM) == [(1, "two people")]
     rec = _audit_for(gw, rid, "approval.approved")
     assert "agent-bob approve (analysts,engineers): one" in rec["reason"], rec
-    assert "erin-dba approve (dba): two" in rec["reason"], rec
+    assert "dev:erin-dba approve (dba): two" in rec["reason"], rec
 
 
 def test_malformed_bodies(env):
@@ -505,7 +505,7 @@ def test_grants_issue_list_revoke_through_the_api(env, pg):
     # Only grant issuers (dba), never to oneself, only configured connections.
     r = api.post("/v1/grants", tok["bob"], order)
     assert r.status_code == 403 and error_code(r) == "not_an_approver", r.text
-    r = api.post("/v1/grants", tok["erin"], dict(order, user="erin-dba"))
+    r = api.post("/v1/grants", tok["erin"], dict(order, user="dev:erin-dba"))
     assert r.status_code == 403 and error_code(r) == "self_approval", r.text
     r = api.post("/v1/grants", tok["erin"], dict(order, connection="no-such-db"))
     assert r.status_code == 422, r.text
@@ -549,7 +549,7 @@ def test_grants_issue_list_revoke_through_the_api(env, pg):
     issued = _audit_for(gw, gid, "grant.issued")
     assert "erin-dba (dba): INC-42" in issued["reason"] and issued["username"] == "agent-alice", issued
     ended = _audit_for(gw, gid, "grant.ended")
-    assert "revoked by erin-dba" in ended["reason"], ended
+    assert "revoked by dev:erin-dba" in ended["reason"], ended
 
 
 def test_no_secrets_in_api_responses_or_log(env):

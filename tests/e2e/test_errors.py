@@ -241,10 +241,14 @@ def test_connection_cli(gatehouse, pg):
     assert "irrelevant-pw-1" not in json.dumps(listed)
     assert "irrelevant-pw-1" not in gw.config.read_text()
     assert 'name = "second"' in gw.config.read_text()
-    # adding an existing name replaces it (one entry, new settings)
-    gw.connection_add("second", port=pg.port + 1, password="irrelevant-pw-2")
+    # adding an existing name is refused: one entry, old settings and tags kept
+    # (test_connection_cli.py covers update and set-credential)
+    with pytest.raises(AssertionError, match="already exists"):
+        gw.connection_add("second", port=pg.port + 1, password="irrelevant-pw-2")
     items = listed = list_connections(gw)
     assert [c["name"] for c in items].count("second") == 1
+    second = next(c for c in items if c["name"] == "second")
+    assert second["port"] == pg.port and second["tags"] == {"environment": "prod", "team": "x"}
     assert gw.config.read_text().count('name = "second"') == 1
     assert "irrelevant-pw-2" not in json.dumps(listed) + gw.config.read_text()
     gw.cli("connection", "remove", "second")

@@ -31,7 +31,9 @@ def _ticket_policy() -> str:
 def test_evasion_corpus_through_the_gateway(gatehouse, pg, tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text(_ticket_policy())
-    gw = gatehouse(start=False, extra_toml=f'\n[policy]\npath = "{policy}"\n')
+    # The development issuer alone: the example policy's plain names (`agents`, `dba`) are its
+    # users' and groups', as they are the sole issuer's in a deployment with one IdP.
+    gw = gatehouse(start=False, oidc_provider=None, extra_toml=f'\n[policy]\npath = "{policy}"\n')
     for name, conn in CORPUS["connections"].items():
         gw.connection_add(name, port=pg.port, password=CANARY, tags=conn["tags"])
     gw.start()

@@ -36,7 +36,7 @@ reason = "writes to audit_log need a DBA"
 writes_to = ["audit_log"]
 
 [rules.approval]
-approvers = ["dba"]
+approvers = ["dev:dba"]
 mode = "ticket"
 """
 

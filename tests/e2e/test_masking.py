@@ -202,13 +202,13 @@ PROFILES = """
 
 [[masking_profiles]]
 name = "support-last4"
-groups = ["support"]
+groups = ["dev:support"]
 [masking_profiles.masking.entities]
 card = { kind = "partial", keep_last = 4 }
 
 [[masking_profiles]]
 name = "dba-clear-on-test"
-groups = ["dba"]
+groups = ["dev:dba"]
 tags = { environment = "test" }
 [masking_profiles.masking]
 disabled = ["card", "ssn", "email", "phone", "iban", "ip_address", "aws_key", "private_key", "jwt",
@@ -217,7 +217,7 @@ disabled = ["card", "ssn", "email", "phone", "iban", "ip_address", "aws_key", "p
 
 [[masking_profiles]]
 name = "dba-elsewhere"
-groups = ["dba"]
+groups = ["dev:dba"]
 tags = { environment = "production" }
 [masking_profiles.masking]
 """

@@ -5,15 +5,15 @@ use std::time::SystemTime;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use crate::ids::{from_ms, opt_from_ms, to_ms};
-use crate::store::{names_from_json, names_to_json};
+use crate::store::{groups_from_json, groups_to_json};
 use crate::{
-    parse_scope, same_user, scope_to_string, ApprovalError, ApprovalStore, GrantFilter, GrantId,
-    GrantRecord, GrantStatus, NewGrant, MAX_GRANT_DURATION,
+    parse_scope, scope_to_string, ApprovalError, ApprovalStore, GrantFilter, GrantId, GrantRecord,
+    GrantStatus, IssuerId, NewGrant, Principal, MAX_GRANT_DURATION,
 };
 
 const GRANT_COLUMNS: &str = "id, grantee, connection, scope, issued_by, issued_by_groups, \
     comment, issued_at, expires_at, status, revoked_by, revoked_at, expired_at, use_count, \
-    last_used_at";
+    last_used_at, grantee_issuer, issued_by_issuer, revoked_by_issuer";
 
 struct RawGrant {
     id: String,
@@ -31,6 +31,9 @@ struct RawGrant {
     expired_at: Option<i64>,
     use_count: i64,
     last_used_at: Option<i64>,
+    grantee_issuer: String,
+    issued_by_issuer: String,
+    revoked_by_issuer: Option<String>,
 }
 
 impl RawGrant {
@@ -51,15 +54,19 @@ impl RawGrant {
             expired_at: r.get(12)?,
             use_count: r.get(13)?,
             last_used_at: r.get(14)?,
+            grantee_issuer: r.get(15)?,
+            issued_by_issuer: r.get(16)?,
+            revoked_by_issuer: r.get(17)?,
         })
     }
 
     fn parse(self) -> Result<GrantRecord, ApprovalError> {
         let corrupt = |what: &str| ApprovalError::Corrupt(format!("grant {}: {what}", self.id));
+        let issued_by = IssuerId::new(self.issued_by_issuer);
         Ok(GrantRecord {
             id: self.id.parse().map_err(|_| corrupt("id"))?,
             scope: parse_scope(&self.scope).map_err(|_| corrupt("scope"))?,
-            issued_by_groups: names_from_json(&self.issued_by_groups)?,
+            issued_by_groups: groups_from_json(&issued_by, &self.issued_by_groups)?,
             issued_at: from_ms(self.issued_at)?,
             expires_at: from_ms(self.expires_at)?,
             status: self.status.parse()?,
@@ -67,11 +74,13 @@ impl RawGrant {
             expired_at: opt_from_ms(self.expired_at)?,
             use_count: u64::try_from(self.use_count).map_err(|_| corrupt("use count"))?,
             last_used_at: opt_from_ms(self.last_used_at)?,
-            user: self.grantee,
+            user: Principal::new(IssuerId::new(self.grantee_issuer), self.grantee),
             connection: self.connection,
-            issued_by: self.issued_by,
+            issued_by: Principal::new(issued_by, self.issued_by),
             comment: self.comment,
-            revoked_by: self.revoked_by,
+            revoked_by: self.revoked_by.map(|n| {
+                Principal::new(IssuerId::new(self.revoked_by_issuer.unwrap_or_default()), n)
+            }),
         })
     }
 }
@@ -105,7 +114,7 @@ impl ApprovalStore {
     /// [`MAX_GRANT_DURATION`] later.
     pub fn issue_grant(&self, g: NewGrant<'_>) -> Result<GrantRecord, ApprovalError> {
         let invalid = |m: &str| Err(ApprovalError::Invalid(m.to_owned()));
-        if g.user.trim().is_empty() || g.connection.trim().is_empty() {
+        if g.user.name.trim().is_empty() || g.connection.trim().is_empty() {
             return invalid("grant user and connection must not be empty");
         }
         if g.expires_at <= g.now {
@@ -117,39 +126,41 @@ impl ApprovalStore {
         {
             return invalid("grants last at most 7 days");
         }
-        if same_user(g.issued_by, g.user) {
+        if g.issued_by.same_person(g.user) {
             return Err(ApprovalError::SelfApproval {
-                user: g.issued_by.to_owned(),
+                user: g.issued_by.to_string(),
             });
         }
         let member = g
             .issued_by_groups
             .iter()
             .any(|grp| g.allowed_issuers.contains(grp));
-        if g.issued_by.trim().is_empty() || !member {
+        if g.issued_by.name.trim().is_empty() || !member {
             return Err(ApprovalError::NotAnApprover {
-                approver: g.issued_by.to_owned(),
+                approver: g.issued_by.to_string(),
                 id: "a grant".to_owned(),
             });
         }
         let id = GrantId::random()?;
-        let groups = names_to_json(g.issued_by_groups)?;
+        let groups = groups_to_json(&g.issued_by.issuer, g.issued_by_groups)?;
         let (issued, expires) = (to_ms(g.now)?, to_ms(g.expires_at)?);
         let out = self.write(|tx| {
             tx.execute(
                 "INSERT INTO grants (id, grantee, connection, scope, issued_by, issued_by_groups,
-                    comment, issued_at, expires_at, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'active')",
+                    comment, issued_at, expires_at, status, grantee_issuer, issued_by_issuer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'active', ?10, ?11)",
                 params![
                     id.as_str(),
-                    g.user,
+                    g.user.name,
                     g.connection,
                     scope_to_string(&g.scope),
-                    g.issued_by,
+                    g.issued_by.name,
                     groups,
                     g.comment,
                     issued,
-                    expires
+                    expires,
+                    g.user.issuer.as_str(),
+                    g.issued_by.issuer.as_str()
                 ],
             )?;
             load(tx, id.as_str())
@@ -163,7 +174,7 @@ impl ApprovalStore {
     /// [`gatehouse_policy::Policy::evaluate`].
     pub fn active_grants(
         &self,
-        user: &str,
+        user: &Principal,
         connection: &str,
         now: SystemTime,
     ) -> Result<Vec<gatehouse_policy::Grant>, ApprovalError> {
@@ -171,9 +182,10 @@ impl ApprovalStore {
         let records = self.read(|tx| {
             query(
                 tx,
-                "WHERE grantee = ?1 AND connection = ?2 AND status = 'active' AND expires_at > ?3
+                "WHERE grantee_issuer = ?4 AND grantee = ?1 AND connection = ?2
+                   AND status = 'active' AND expires_at > ?3
                  ORDER BY issued_at, id",
-                params![user, connection, at],
+                params![user.name, connection, at, user.issuer.as_str()],
             )
         })?;
         Ok(records.iter().map(GrantRecord::to_policy).collect())
@@ -235,7 +247,7 @@ impl ApprovalStore {
     pub fn revoke_grant(
         &self,
         id: &GrantId,
-        by: &str,
+        by: &Principal,
         now: SystemTime,
     ) -> Result<GrantRecord, ApprovalError> {
         let at = to_ms(now)?;
@@ -248,13 +260,14 @@ impl ApprovalStore {
                 });
             }
             tx.execute(
-                "UPDATE grants SET status = 'revoked', revoked_by = ?2, revoked_at = ?3
+                "UPDATE grants SET status = 'revoked', revoked_by = ?2, revoked_at = ?3,
+                    revoked_by_issuer = ?4
                  WHERE id = ?1",
-                params![id.as_str(), by, at],
+                params![id.as_str(), by.name, at, by.issuer.as_str()],
             )?;
             load(tx, id.as_str())
         })?;
-        tracing::info!(id = %out.id, by, "grant revoked");
+        tracing::info!(id = %out.id, %by, "grant revoked");
         Ok(out)
     }
 

@@ -52,7 +52,7 @@ use std::time::{Duration, SystemTime};
 pub use access::Actor;
 pub use error::{ApprovalError, ErrorKind};
 pub use event::{GrantEvent, RequestEvent};
-pub use gatehouse_policy::GrantScope;
+pub use gatehouse_policy::{GrantScope, Group, IssuerId, Issuers, Principal};
 pub use ids::{GrantId, RequestId};
 pub use store::{
     ApprovalStore, StoreOptions, DEFAULT_APPROVAL_WINDOW, DEFAULT_BUSY_TIMEOUT,
@@ -198,9 +198,9 @@ impl FromStr for Verdict {
 #[derive(Debug, Clone)]
 pub struct NewRequest {
     /// The authenticated user whose statement waits.
-    pub requester: String,
+    pub requester: Principal,
     /// The requester's groups from the token (shown to approvers).
-    pub requester_groups: Vec<String>,
+    pub requester_groups: Vec<Group>,
     /// The configured connection name.
     pub connection: String,
     /// The exact statement text as received; its SHA-256 identifies ticket retries.
@@ -222,9 +222,9 @@ pub struct NewRequest {
 /// One approver's recorded decision on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vote {
-    pub approver: String,
+    pub approver: Principal,
     /// The approver's groups when deciding (evidence of why they were allowed to).
-    pub approver_groups: Vec<String>,
+    pub approver_groups: Vec<Group>,
     pub verdict: Verdict,
     pub comment: Option<String>,
     pub at: SystemTime,
@@ -234,8 +234,8 @@ pub struct Vote {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub id: RequestId,
-    pub requester: String,
-    pub requester_groups: Vec<String>,
+    pub requester: Principal,
+    pub requester_groups: Vec<Group>,
     pub connection: String,
     /// The exact statement text.
     pub statement: String,
@@ -272,6 +272,15 @@ impl Request {
     }
 
     /// True while approved, not yet executed, and `now` is before `approved_until`.
+    /// The approver groups, resolved through `issuers` as the policy wrote them (a name that
+    /// no longer resolves names nobody: fail closed).
+    pub fn approver_groups(&self, issuers: &Issuers) -> Vec<Group> {
+        self.approvers
+            .iter()
+            .filter_map(|g| issuers.group(g).ok())
+            .collect()
+    }
+
     pub fn may_run(&self, now: SystemTime) -> bool {
         self.status == RequestStatus::Approved && self.approved_until.is_some_and(|t| now < t)
     }
@@ -293,9 +302,11 @@ impl Request {
 /// An approver's decision, for [`ApprovalStore::decide`].
 #[derive(Debug, Clone, Copy)]
 pub struct Decide<'a> {
-    pub approver: &'a str,
+    pub approver: &'a Principal,
     /// The approver's groups from their token; one must be among the request's approvers.
-    pub approver_groups: &'a [String],
+    pub approver_groups: &'a [Group],
+    /// How the request's approver groups (written as the policy writes them) are resolved.
+    pub issuers: &'a Issuers,
     pub verdict: Verdict,
     pub comment: Option<&'a str>,
     /// How long an approval stays usable once the quorum is reached; `None` = the store's
@@ -358,17 +369,17 @@ impl FromStr for GrantStatus {
 #[derive(Debug, Clone)]
 pub struct NewGrant<'a> {
     /// The grantee.
-    pub user: &'a str,
+    pub user: &'a Principal,
     pub connection: &'a str,
     pub scope: GrantScope,
     /// Strictly after `now`, at most [`MAX_GRANT_DURATION`] later.
     pub expires_at: SystemTime,
-    pub issued_by: &'a str,
+    pub issued_by: &'a Principal,
     /// The issuer's groups from their token.
-    pub issued_by_groups: &'a [String],
+    pub issued_by_groups: &'a [Group],
     /// Groups allowed to issue grants for this connection (from configuration/policy); the
     /// issuer must be in one of them.
-    pub allowed_issuers: &'a [String],
+    pub allowed_issuers: &'a [Group],
     /// Why (a ticket number, an incident); shown in lists and audit.
     pub comment: Option<&'a str>,
     pub now: SystemTime,
@@ -378,16 +389,16 @@ pub struct NewGrant<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRecord {
     pub id: GrantId,
-    pub user: String,
+    pub user: Principal,
     pub connection: String,
     pub scope: GrantScope,
-    pub issued_by: String,
-    pub issued_by_groups: Vec<String>,
+    pub issued_by: Principal,
+    pub issued_by_groups: Vec<Group>,
     pub comment: Option<String>,
     pub issued_at: SystemTime,
     pub expires_at: SystemTime,
     pub status: GrantStatus,
-    pub revoked_by: Option<String>,
+    pub revoked_by: Option<Principal>,
     pub revoked_at: Option<SystemTime>,
     pub expired_at: Option<SystemTime>,
     /// How many times [`ApprovalStore::record_grant_use`] was called.
@@ -446,10 +457,4 @@ pub fn parse_scope(s: &str) -> Result<GrantScope, ApprovalError> {
             ))),
         },
     }
-}
-
-/// Same person? Names are compared ignoring ASCII case (fail closed for self-approval and
-/// for counting distinct approvers).
-pub(crate) fn same_user(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
 }

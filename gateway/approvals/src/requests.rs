@@ -5,10 +5,10 @@ use std::time::SystemTime;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use crate::ids::{from_ms, opt_from_ms, statement_sha256, to_ms};
-use crate::store::{names_from_json, names_to_json};
+use crate::store::{groups_from_json, groups_to_json, names_from_json, names_to_json};
 use crate::{
-    same_user, ApprovalError, ApprovalStore, Decide, NewRequest, Request, RequestFilter, RequestId,
-    RequestMode, RequestStatus, Verdict, Vote, MAX_APPROVAL_WINDOW,
+    ApprovalError, ApprovalStore, Decide, IssuerId, NewRequest, Principal, Request, RequestFilter,
+    RequestId, RequestMode, RequestStatus, Verdict, Vote, MAX_APPROVAL_WINDOW,
 };
 
 /// Longest statement text stored with a request (larger requests cannot be approved).
@@ -16,7 +16,7 @@ pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
 
 const REQUEST_COLUMNS: &str = "id, requester, requester_groups, connection, statement, \
     statement_sha256, rule, reason, approvers, min_approvals, mode, status, created_at, \
-    expires_at, decided_at, approved_until, executed_at, expired_at";
+    expires_at, decided_at, approved_until, executed_at, expired_at, requester_issuer";
 
 /// A row as stored, before parsing into a [`Request`].
 struct RawRequest {
@@ -38,6 +38,7 @@ struct RawRequest {
     approved_until: Option<i64>,
     executed_at: Option<i64>,
     expired_at: Option<i64>,
+    requester_issuer: String,
 }
 
 impl RawRequest {
@@ -61,14 +62,16 @@ impl RawRequest {
             approved_until: r.get(15)?,
             executed_at: r.get(16)?,
             expired_at: r.get(17)?,
+            requester_issuer: r.get(18)?,
         })
     }
 
     fn parse(self, votes: Vec<Vote>) -> Result<Request, ApprovalError> {
         let corrupt = |what: &str| ApprovalError::Corrupt(format!("request {}: {what}", self.id));
+        let issuer = IssuerId::new(self.requester_issuer);
         Ok(Request {
             id: self.id.parse().map_err(|_| corrupt("id"))?,
-            requester_groups: names_from_json(&self.requester_groups)?,
+            requester_groups: groups_from_json(&issuer, &self.requester_groups)?,
             approvers: names_from_json(&self.approvers)?,
             min_approvals: u32::try_from(self.min_approvals).map_err(|_| corrupt("quorum"))?,
             mode: self.mode.parse().map_err(|_| corrupt("mode"))?,
@@ -79,7 +82,7 @@ impl RawRequest {
             approved_until: opt_from_ms(self.approved_until)?,
             executed_at: opt_from_ms(self.executed_at)?,
             expired_at: opt_from_ms(self.expired_at)?,
-            requester: self.requester,
+            requester: Principal::new(issuer, self.requester),
             connection: self.connection,
             statement: self.statement,
             statement_sha256: self.statement_sha256,
@@ -92,7 +95,7 @@ impl RawRequest {
 
 fn load_votes(tx: &Transaction<'_>, id: &str) -> Result<Vec<Vote>, ApprovalError> {
     let mut stmt = tx.prepare_cached(
-        "SELECT approver, approver_groups, verdict, comment, at FROM votes
+        "SELECT approver, approver_groups, verdict, comment, at, approver_issuer FROM votes
          WHERE request_id = ?1 ORDER BY seq",
     )?;
     let rows = stmt.query_map([id], |r| {
@@ -102,14 +105,16 @@ fn load_votes(tx: &Transaction<'_>, id: &str) -> Result<Vec<Vote>, ApprovalError
             r.get::<_, String>(2)?,
             r.get::<_, Option<String>>(3)?,
             r.get::<_, i64>(4)?,
+            r.get::<_, String>(5)?,
         ))
     })?;
     let mut votes = Vec::new();
     for row in rows {
-        let (approver, groups, verdict, comment, at) = row?;
+        let (approver, groups, verdict, comment, at, issuer) = row?;
+        let issuer = IssuerId::new(issuer);
         votes.push(Vote {
-            approver,
-            approver_groups: names_from_json(&groups)?,
+            approver_groups: groups_from_json(&issuer, &groups)?,
+            approver: Principal::new(issuer, approver),
             verdict: verdict
                 .parse()
                 .map_err(|_| ApprovalError::Corrupt(format!("vote on {id}: verdict")))?,
@@ -154,7 +159,7 @@ fn load_ids<P: rusqlite::Params>(
 
 fn validate(req: &NewRequest) -> Result<(), ApprovalError> {
     let invalid = |m: &str| Err(ApprovalError::Invalid(m.to_owned()));
-    if req.requester.trim().is_empty() {
+    if req.requester.name.trim().is_empty() {
         return invalid("requester is empty");
     }
     if req.connection.trim().is_empty() {
@@ -184,7 +189,7 @@ impl ApprovalStore {
         validate(&req)?;
         let id = RequestId::random()?;
         let sha = statement_sha256(&req.statement);
-        let requester_groups = names_to_json(&req.requester_groups)?;
+        let requester_groups = groups_to_json(&req.requester.issuer, &req.requester_groups)?;
         let approvers = names_to_json(&req.approvers)?;
         let (created, expires) = (to_ms(req.now)?, to_ms(req.expires_at)?);
         let limit = self.max_pending();
@@ -194,24 +199,27 @@ impl ApprovalStore {
             let pending: i64 = tx
                 .prepare_cached(
                     "SELECT count(*) FROM requests
-                     WHERE lower(requester) = lower(?1) AND status = 'pending'
-                       AND expires_at > ?2",
+                     WHERE requester_issuer = ?3 AND lower(requester) = lower(?1)
+                       AND status = 'pending' AND expires_at > ?2",
                 )?
-                .query_row(params![req.requester, created], |r| r.get(0))?;
+                .query_row(
+                    params![req.requester.name, created, req.requester.issuer.as_str()],
+                    |r| r.get(0),
+                )?;
             if pending >= i64::from(limit) {
                 return Err(ApprovalError::TooManyPending {
-                    user: req.requester.clone(),
+                    user: req.requester.to_string(),
                     limit,
                 });
             }
             tx.execute(
                 "INSERT INTO requests (id, requester, requester_groups, connection, statement,
                     statement_sha256, rule, reason, approvers, min_approvals, mode, status,
-                    created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending', ?12, ?13)",
+                    created_at, expires_at, requester_issuer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending', ?12, ?13, ?14)",
                 params![
                     id.as_str(),
-                    req.requester,
+                    req.requester.name,
                     requester_groups,
                     req.connection,
                     req.statement,
@@ -222,7 +230,8 @@ impl ApprovalStore {
                     req.min_approvals,
                     req.mode.as_str(),
                     created,
-                    expires
+                    expires,
+                    req.requester.issuer.as_str()
                 ],
             )?;
             load_existing(tx, id.as_str())
@@ -281,7 +290,7 @@ impl ApprovalStore {
                 .checked_add(window)
                 .ok_or_else(|| ApprovalError::Invalid("approval window too far".to_owned()))?,
         )?;
-        let groups = names_to_json(d.approver_groups)?;
+        let groups = groups_to_json(&d.approver.issuer, d.approver_groups)?;
         let out = self.write(|tx| {
             let req = load_existing(tx, id.as_str())?;
             if req.status != RequestStatus::Pending {
@@ -293,35 +302,39 @@ impl ApprovalStore {
             if d.now >= req.expires_at {
                 return Err(ApprovalError::Expired { id: id.to_string() });
             }
-            if same_user(d.approver, &req.requester) {
+            if d.approver.same_person(&req.requester) {
                 return Err(ApprovalError::SelfApproval {
-                    user: d.approver.to_owned(),
+                    user: d.approver.to_string(),
                 });
             }
-            let member = d.approver_groups.iter().any(|g| req.approvers.contains(g));
-            if d.approver.trim().is_empty() || !member {
+            // Groups are principals too: `dba` at another issuer is not the policy's `dba`.
+            let approvers = req.approver_groups(d.issuers);
+            let member = d.approver_groups.iter().any(|g| approvers.contains(g));
+            if d.approver.name.trim().is_empty() || !member {
                 return Err(ApprovalError::NotAnApprover {
-                    approver: d.approver.to_owned(),
+                    approver: d.approver.to_string(),
                     id: id.to_string(),
                 });
             }
-            if req.votes.iter().any(|v| same_user(&v.approver, d.approver)) {
+            if req.votes.iter().any(|v| v.approver.same_person(d.approver)) {
                 return Err(ApprovalError::AlreadyDecided {
-                    approver: d.approver.to_owned(),
+                    approver: d.approver.to_string(),
                     id: id.to_string(),
                 });
             }
             tx.execute(
-                "INSERT INTO votes (request_id, seq, approver, approver_groups, verdict, comment, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO votes (request_id, seq, approver, approver_groups, verdict, comment, at,
+                    approver_issuer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     id.as_str(),
                     req.votes.len() as i64,
-                    d.approver,
+                    d.approver.name,
                     groups,
                     d.verdict.as_str(),
                     d.comment,
-                    now
+                    now,
+                    d.approver.issuer.as_str()
                 ],
             )?;
             let approvals = req.approvals() + u32::from(d.verdict == Verdict::Approve);
@@ -384,7 +397,7 @@ impl ApprovalStore {
     /// processes: of two concurrent callers, at most one gets the ticket.
     pub fn consume_ticket(
         &self,
-        user: &str,
+        user: &Principal,
         connection: &str,
         statement: &str,
         now: SystemTime,
@@ -395,13 +408,15 @@ impl ApprovalStore {
             let candidates: Vec<(String, String)> = tx
                 .prepare_cached(
                     "SELECT id, statement FROM requests
-                     WHERE requester = ?1 AND connection = ?2 AND statement_sha256 = ?3
+                     WHERE requester_issuer = ?5 AND requester = ?1 AND connection = ?2
+                       AND statement_sha256 = ?3
                        AND mode = 'ticket' AND status = 'approved' AND approved_until > ?4
                      ORDER BY decided_at, id",
                 )?
-                .query_map(params![user, connection, sha, at], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
+                .query_map(
+                    params![user.name, connection, sha, at, user.issuer.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
                 .collect::<Result<_, _>>()?;
             // The hash selects; the text must also be identical.
             let Some((id, _)) = candidates.into_iter().find(|(_, s)| s == statement) else {
@@ -418,7 +433,7 @@ impl ApprovalStore {
             load_existing(tx, &id).map(Some)
         })?;
         if let Some(r) = &out {
-            tracing::info!(id = %r.id, user, connection, "approval ticket consumed");
+            tracing::info!(id = %r.id, %user, connection, "approval ticket consumed");
         }
         Ok(out)
     }
@@ -449,7 +464,7 @@ impl ApprovalStore {
     /// already exists instead of creating another.
     pub fn pending_for(
         &self,
-        user: &str,
+        user: &Principal,
         connection: &str,
         statement: &str,
         now: SystemTime,
@@ -460,10 +475,10 @@ impl ApprovalStore {
             let found = load_ids(
                 tx,
                 "SELECT id FROM requests
-                 WHERE requester = ?1 AND connection = ?2 AND statement_sha256 = ?3
-                   AND status = 'pending' AND expires_at > ?4
+                 WHERE requester_issuer = ?5 AND requester = ?1 AND connection = ?2
+                   AND statement_sha256 = ?3 AND status = 'pending' AND expires_at > ?4
                  ORDER BY created_at DESC, id",
-                params![user, connection, sha, at],
+                params![user.name, connection, sha, at, user.issuer.as_str()],
             )?;
             Ok(found.into_iter().find(|r| r.statement == statement))
         })
@@ -478,10 +493,13 @@ mod tests {
     use crate::{ApprovalError, ApprovalStore, ErrorKind, NewRequest, RequestFilter, RequestMode};
     use crate::{Decide, StoreOptions, Verdict};
 
+    const IDP: &str = "https://idp.example";
+
     fn new(requester: &str, connection: &str, sql: &str, now: std::time::SystemTime) -> NewRequest {
+        let idp = gatehouse_policy::IssuerId::new(IDP);
         NewRequest {
-            requester: requester.into(),
-            requester_groups: vec!["analysts".into()],
+            requester: gatehouse_policy::Principal::new(idp.clone(), requester),
+            requester_groups: vec![gatehouse_policy::Group::new(idp, "analysts")],
             connection: connection.into(),
             statement: sql.into(),
             rule: "rule:w".into(),
@@ -531,8 +549,17 @@ mod tests {
             .decide(
                 &first.id,
                 Decide {
-                    approver: "carol",
-                    approver_groups: &["dba".to_owned()],
+                    approver: &gatehouse_policy::Principal::new(
+                        gatehouse_policy::IssuerId::new(IDP),
+                        "carol",
+                    ),
+                    approver_groups: &[gatehouse_policy::Group::new(
+                        gatehouse_policy::IssuerId::new(IDP),
+                        "dba",
+                    )],
+                    issuers: &gatehouse_policy::Issuers::single(gatehouse_policy::IssuerId::new(
+                        IDP,
+                    )),
                     verdict: Verdict::Deny,
                     comment: None,
                     approved_for: None,

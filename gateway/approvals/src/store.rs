@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use gatehouse_policy::{Group, IssuerId};
+
 use crate::ApprovalError;
 
 /// How long a writer waits for another process's transaction before failing.
@@ -20,7 +22,7 @@ pub const DEFAULT_APPROVAL_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Pending requests one user may have at a time unless configured otherwise.
 pub const DEFAULT_MAX_PENDING_PER_REQUESTER: u32 = 20;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS requests (
@@ -81,6 +83,42 @@ CREATE TABLE IF NOT EXISTS grants (
 CREATE INDEX IF NOT EXISTS grants_lookup ON grants (grantee, connection, status, expires_at);
 ";
 
+/// Schema 2: every stored user is a principal, so the issuer is stored beside each name
+/// (requester, voter, grantee, grant issuer, revoker). A token's groups are all at its issuer,
+/// so group lists stay lists of names at the issuer of the user they belong to. Rows of
+/// schema 1 get the empty issuer, which no verified token has: old requests and grants
+/// become inert rather than ambiguous. Votes are keyed by (issuer, name), so `alice` at two
+/// issuers are two voters.
+const MIGRATE_2: &str = "
+ALTER TABLE requests ADD COLUMN requester_issuer TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS requests_ticket2
+    ON requests (requester_issuer, requester, connection, statement_sha256, status);
+
+CREATE TABLE votes2 (
+    request_id      TEXT NOT NULL REFERENCES requests (id),
+    seq             INTEGER NOT NULL,
+    approver_issuer TEXT NOT NULL,
+    approver        TEXT NOT NULL COLLATE NOCASE,
+    approver_groups TEXT NOT NULL,             -- JSON array of names at approver_issuer
+    verdict         TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')),
+    comment         TEXT,
+    at              INTEGER NOT NULL,
+    PRIMARY KEY (request_id, approver_issuer, approver),
+    UNIQUE (request_id, seq)
+) STRICT;
+INSERT INTO votes2 (request_id, seq, approver_issuer, approver, approver_groups, verdict,
+    comment, at)
+    SELECT request_id, seq, '', approver, approver_groups, verdict, comment, at FROM votes;
+DROP TABLE votes;
+ALTER TABLE votes2 RENAME TO votes;
+
+ALTER TABLE grants ADD COLUMN grantee_issuer TEXT NOT NULL DEFAULT '';
+ALTER TABLE grants ADD COLUMN issued_by_issuer TEXT NOT NULL DEFAULT '';
+ALTER TABLE grants ADD COLUMN revoked_by_issuer TEXT;
+CREATE INDEX IF NOT EXISTS grants_lookup2
+    ON grants (grantee_issuer, grantee, connection, status, expires_at);
+";
+
 /// Settings for [`ApprovalStore::open_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -127,6 +165,18 @@ impl ApprovalStore {
         path: impl AsRef<Path>,
         opts: StoreOptions,
     ) -> Result<ApprovalStore, ApprovalError> {
+        Self::open_upgrading(path, opts, None)
+    }
+
+    /// As [`ApprovalStore::open_with`]; when this open migrates a schema-1 store, its users
+    /// (which carry no issuer) are given `legacy_issuer`. Pass it only when exactly one issuer
+    /// is configured, so the old names are unambiguous; otherwise old rows get the empty issuer
+    /// and stay inert.
+    pub fn open_upgrading(
+        path: impl AsRef<Path>,
+        opts: StoreOptions,
+        legacy_issuer: Option<&IssuerId>,
+    ) -> Result<ApprovalStore, ApprovalError> {
         let path = path.as_ref();
         if opts.approval_window.is_zero() || opts.approval_window > crate::MAX_APPROVAL_WINDOW {
             return Err(ApprovalError::Invalid(
@@ -157,7 +207,7 @@ impl ApprovalStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        ensure_schema(&mut conn)?;
+        ensure_schema(&mut conn, legacy_issuer)?;
         tracing::debug!(path = %path.display(), "approval store opened");
         Ok(ApprovalStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -222,7 +272,10 @@ impl ApprovalStore {
     }
 }
 
-fn ensure_schema(conn: &mut Connection) -> Result<(), ApprovalError> {
+fn ensure_schema(
+    conn: &mut Connection,
+    legacy_issuer: Option<&IssuerId>,
+) -> Result<(), ApprovalError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
@@ -231,8 +284,23 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), ApprovalError> {
             supported: SCHEMA_VERSION,
         });
     }
-    if found < SCHEMA_VERSION {
+    if found < 1 {
         tx.execute_batch(SCHEMA)?;
+    }
+    if found < 2 {
+        tx.execute_batch(MIGRATE_2)?;
+        if let (1, Some(iss)) = (found, legacy_issuer) {
+            for sql in [
+                "UPDATE requests SET requester_issuer = ?1 WHERE requester_issuer = ''",
+                "UPDATE votes SET approver_issuer = ?1 WHERE approver_issuer = ''",
+                "UPDATE grants SET grantee_issuer = ?1, issued_by_issuer = ?1",
+                "UPDATE grants SET revoked_by_issuer = ?1 WHERE revoked_by IS NOT NULL",
+            ] {
+                tx.execute(sql, [iss.as_str()])?;
+            }
+        }
+    }
+    if found < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
     tx.commit()?;
@@ -246,6 +314,22 @@ pub(crate) fn names_to_json(names: &[String]) -> Result<String, ApprovalError> {
 
 pub(crate) fn names_from_json(s: &str) -> Result<Vec<String>, ApprovalError> {
     serde_json::from_str(s).map_err(|e| ApprovalError::Corrupt(format!("name list: {e}")))
+}
+
+/// JSON text of the names of `groups`, which must all be at `issuer` (a token's groups are).
+pub(crate) fn groups_to_json(issuer: &IssuerId, groups: &[Group]) -> Result<String, ApprovalError> {
+    if groups.iter().any(|g| &g.issuer != issuer) {
+        return Err(ApprovalError::Invalid(
+            "a user's groups must be at the user's issuer".to_owned(),
+        ));
+    }
+    let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+    names_to_json(&names)
+}
+
+/// The stored group names of a user at `issuer`.
+pub(crate) fn groups_from_json(issuer: &IssuerId, s: &str) -> Result<Vec<Group>, ApprovalError> {
+    Ok(Group::all_of(issuer, &names_from_json(s)?))
 }
 
 #[cfg(test)]
@@ -284,6 +368,79 @@ mod tests {
             ApprovalStore::open(&path),
             Err(ApprovalError::UnsupportedSchema { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn schema_1_rows_become_inert_principals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO grants (id, grantee, connection, scope, issued_by, issued_by_groups,
+                    issued_at, expires_at, status)
+                 VALUES ('grt_aaaaaaaaaaaaaaaa', 'alice', 'app', 'any', 'bob', '[\"dba\"]',
+                    0, 9999999999999, 'active')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = ApprovalStore::open(&path).unwrap();
+        let v: i64 = store
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let g = store
+            .grant(&"grt_aaaaaaaaaaaaaaaa".parse().unwrap())
+            .unwrap();
+        // The old grantee has the empty issuer: no verified token's principal matches it.
+        assert_eq!(
+            g.user,
+            gatehouse_policy::Principal::new(IssuerId::new(""), "alice")
+        );
+        assert_eq!(
+            g.issued_by_groups,
+            vec![Group::new(IssuerId::new(""), "dba")]
+        );
+        let real = gatehouse_policy::Principal::new(IssuerId::new("https://idp.example"), "alice");
+        let now = std::time::SystemTime::now();
+        assert!(store.active_grants(&real, "app", now).unwrap().is_empty());
+        drop(store);
+        // Opening again does not migrate twice.
+        ApprovalStore::open(&path).unwrap();
+    }
+
+    #[test]
+    fn schema_1_rows_take_the_sole_issuer_when_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let v1 = |path: &Path| {
+            let c = Connection::open(path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO grants (id, grantee, connection, scope, issued_by, issued_by_groups,
+                    issued_at, expires_at, status)
+                 VALUES ('grt_aaaaaaaaaaaaaaaa', 'alice', 'app', 'any', 'bob', '[]',
+                    0, 9999999999999, 'active')",
+                [],
+            )
+            .unwrap();
+        };
+        v1(&path);
+        let idp = IssuerId::new("https://idp.example");
+        let store =
+            ApprovalStore::open_upgrading(&path, StoreOptions::default(), Some(&idp)).unwrap();
+        let alice = gatehouse_policy::Principal::new(idp.clone(), "alice");
+        let now = std::time::SystemTime::now();
+        assert_eq!(store.active_grants(&alice, "app", now).unwrap().len(), 1);
+        let g = store
+            .grant(&"grt_aaaaaaaaaaaaaaaa".parse().unwrap())
+            .unwrap();
+        assert_eq!(g.issued_by, gatehouse_policy::Principal::new(idp, "bob"));
     }
 
     #[test]

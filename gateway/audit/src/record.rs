@@ -81,11 +81,17 @@ pub enum EventKind {
     /// from the session start; `reason` notes a truncation.
     #[serde(rename = "session.output")]
     SessionOutput,
+    /// An operator changed a connection with the CLI (`connection add`, `update`,
+    /// `set-credential`, `remove`): `connection`, `reason` = what changed (field names and
+    /// new values, tags; for a credential only that it was set and for which upstream user,
+    /// never the secret), `username` = the local account that ran the command.
+    #[serde(rename = "connection.changed")]
+    ConnectionChanged,
 }
 
 impl EventKind {
     /// Every variant, in declaration order.
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::GatewayStart,
         EventKind::GatewayStop,
         EventKind::ConfigLoaded,
@@ -107,6 +113,7 @@ impl EventKind {
         EventKind::SftpDownload,
         EventKind::SftpDenied,
         EventKind::SessionOutput,
+        EventKind::ConnectionChanged,
     ];
 
     /// The stored/serialized name, e.g. `"login.success"`.
@@ -133,6 +140,7 @@ impl EventKind {
             EventKind::SftpDownload => "sftp.download",
             EventKind::SftpDenied => "sftp.denied",
             EventKind::SessionOutput => "session.output",
+            EventKind::ConnectionChanged => "connection.changed",
         }
     }
 

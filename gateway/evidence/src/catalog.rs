@@ -111,6 +111,7 @@ pub fn controls_for(r: &Record) -> Vec<&'static str> {
         EventKind::SessionOutput => c.extend(["au-3.1", "sc-28"]),
         EventKind::SessionEnd => c.push("ac-2"),
         EventKind::ConfigLoaded => c.push("cm-2"),
+        EventKind::ConnectionChanged => c.push("cm-2"),
         // A vaulted credential stopped on its way out: monitoring (SI-4) and an incident
         // input (IR-4).
         EventKind::SecretMasked => c.extend(["si-4", "ir-4"]),

@@ -48,9 +48,16 @@ pub fn token(config: &Path, args: TokenArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectionCommand {
-    /// Add (or replace) a connection; the password is read from stdin (first line) unless
-    /// --password-env names a variable. It is stored encrypted and never shown again.
+    /// Add a new connection; the password is read from stdin (first line) unless
+    /// --password-env names a variable. It is stored encrypted and never shown again. An
+    /// existing name is refused: use `update` or `set-credential`.
     Add(AddArgs),
+    /// Change only the given fields of a connection (tags are added or replaced one by one,
+    /// --remove-tag drops one); everything else, comments included, stays as it is.
+    Update(UpdateArgs),
+    /// Replace a connection's vaulted password (stdin, first line, or --password-env);
+    /// write-only, like `add`. New logins use it at once.
+    SetCredential(SetCredentialArgs),
     /// List connections (never their passwords).
     List {
         #[arg(long)]
@@ -58,6 +65,38 @@ pub enum ConnectionCommand {
     },
     /// Remove a connection and its credential.
     Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    name: String,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    port: Option<u16>,
+    #[arg(long)]
+    database: Option<String>,
+    /// Upstream user Gatehouse logs in as (the vaulted password is kept).
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long, value_enum)]
+    tls: Option<TlsArg>,
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Set a tag, key=value (repeatable); other tags are kept.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Remove a tag by key (repeatable).
+    #[arg(long = "remove-tag")]
+    remove_tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetCredentialArgs {
+    name: String,
+    /// Read the password from this environment variable instead of stdin.
+    #[arg(long)]
+    password_env: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +143,8 @@ impl From<TlsArg> for UpstreamTls {
 pub fn connection(config: &Path, cmd: ConnectionCommand) -> anyhow::Result<()> {
     match cmd {
         ConnectionCommand::Add(a) => add_connection(config, a),
+        ConnectionCommand::Update(a) => update_connection(config, a),
+        ConnectionCommand::SetCredential(a) => set_credential(config, a),
         ConnectionCommand::List { json } => list_connections(config, json),
         ConnectionCommand::Remove { name } => remove_connection(config, &name),
     }
@@ -158,17 +199,16 @@ fn add_connection(config: &Path, a: AddArgs) -> anyhow::Result<()> {
         .or_insert_with(|| toml_edit::Item::ArrayOfTables(toml_edit::ArrayOfTables::new()))
         .as_array_of_tables_mut()
         .context("`connections` in the config file is not an array of tables")?;
-    let existing = arr
+    if arr
         .iter()
-        .position(|c| c.get("name").and_then(|n| n.as_str()) == Some(a.name.as_str()));
-    match existing {
-        Some(i) => {
-            if let Some(old) = arr.get_mut(i) {
-                *old = t;
-            }
-        }
-        None => arr.push(t),
+        .any(|c| c.get("name").and_then(|n| n.as_str()) == Some(a.name.as_str()))
+    {
+        bail!(
+            "connection {:?} already exists; nothing changed (change fields with `gatehouse connection update`, the password with `gatehouse connection set-credential`, or remove it first)",
+            a.name
+        );
     }
+    arr.push(t);
     let new_text = doc.to_string();
     // Validate the whole result before anything is written.
     let loaded = LoadedConfig::from_bytes(config, new_text.as_bytes())?;
@@ -184,8 +224,174 @@ fn add_connection(config: &Path, a: AddArgs) -> anyhow::Result<()> {
         )
         .context("storing the credential")?;
     crate::tls::write_private(config, new_text.as_bytes()).context("writing the config file")?;
+    let mut what = vec![
+        format!("host={}", a.host),
+        format!("port={}", a.port),
+        format!("database={}", a.database),
+        format!("user={}", a.user),
+        format!("tls={}", UpstreamTls::from(a.tls).as_str()),
+    ];
+    what.extend(a.tags.iter().map(|t| format!("tag {t}")));
+    what.push("credential set".into());
+    record_change(&loaded.config, &a.name, "added", &what)?;
     eprintln!(
         "connection {:?} saved (credential vaulted). A running gateway picks it up on SIGHUP (kill -HUP <pid>).",
+        a.name
+    );
+    Ok(())
+}
+
+/// Records a CLI change of a connection (`connection.changed`): what changed, never a
+/// secret, and the local account that ran the command.
+fn record_change(
+    cfg: &crate::config::Config,
+    name: &str,
+    verb: &str,
+    what: &[String],
+) -> anyhow::Result<()> {
+    let mut r = gatehouse_audit::Record::new(
+        gatehouse_audit::EventKind::ConnectionChanged,
+        &cfg.gateway.name,
+        state::now_us(),
+    );
+    r.listener = Some("cli".into());
+    r.subject = Some(format!("uid:{}", rustix::process::getuid().as_raw()));
+    r.username = std::env::var("USER").ok().filter(|u| !u.is_empty());
+    r.connection = Some(name.to_owned());
+    r.reason = Some(format!("connection {verb}: {}", what.join(", ")));
+    match crate::outbox::deliver(cfg, &r).context("recording the change in the audit trail")? {
+        crate::outbox::Delivery::Appended => {}
+        crate::outbox::Delivery::Queued => {
+            eprintln!("audit: the running gateway records the change within a second")
+        }
+    }
+    Ok(())
+}
+
+/// The `[[connections]]` entry named `name`, for an in-place edit.
+fn connection_table<'d>(
+    doc: &'d mut toml_edit::DocumentMut,
+    name: &str,
+) -> anyhow::Result<&'d mut toml_edit::Table> {
+    doc.get_mut("connections")
+        .and_then(|i| i.as_array_of_tables_mut())
+        .and_then(|arr| {
+            arr.iter_mut()
+                .find(|c| c.get("name").and_then(|n| n.as_str()) == Some(name))
+        })
+        .with_context(|| format!("no connection named {name:?}"))
+}
+
+fn update_connection(config: &Path, a: UpdateArgs) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut doc: toml_edit::DocumentMut = text.parse().context("parsing the config file")?;
+    let t = connection_table(&mut doc, &a.name)?;
+    let mut what = Vec::new();
+    // Assigning through `value_mut` keeps the key's position and the comments around it.
+    let mut set = |t: &mut toml_edit::Table, key: &str, v: toml_edit::Value, shown: String| {
+        match t.get_mut(key).and_then(|i| i.as_value_mut()) {
+            Some(old) => {
+                let decor = old.decor().clone();
+                *old = v;
+                *old.decor_mut() = decor;
+            }
+            None => t[key] = toml_edit::Item::Value(v),
+        }
+        what.push(format!("{key}={shown}"));
+    };
+    if let Some(h) = &a.host {
+        set(t, "host", h.as_str().into(), h.clone());
+    }
+    if let Some(p) = a.port {
+        set(t, "port", i64::from(p).into(), p.to_string());
+    }
+    if let Some(d) = &a.database {
+        set(t, "database", d.as_str().into(), d.clone());
+    }
+    if let Some(tls) = a.tls {
+        let v = UpstreamTls::from(tls).as_str();
+        set(t, "tls", v.into(), v.to_owned());
+    }
+    if let Some(ca) = &a.ca_file {
+        let v = ca.to_string_lossy().into_owned();
+        set(t, "ca_file", v.as_str().into(), v.clone());
+    }
+    if !a.tags.is_empty() || !a.remove_tags.is_empty() {
+        if t.get("tags").is_none() {
+            t["tags"] = toml_edit::value(toml_edit::InlineTable::new());
+        }
+        let tags = t
+            .get_mut("tags")
+            .and_then(|i| i.as_table_like_mut())
+            .context("`tags` of this connection is not a table")?;
+        for kv in &a.tags {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--tag {kv:?}: use key=value"))?;
+            tags.insert(k, toml_edit::value(v));
+            what.push(format!("tag {k}={v}"));
+        }
+        for k in &a.remove_tags {
+            if tags.remove(k).is_none() {
+                bail!("connection {:?} has no tag {k:?}; nothing changed", a.name);
+            }
+            what.push(format!("tag {k} removed"));
+        }
+    }
+    if what.is_empty() && a.user.is_none() {
+        bail!("nothing to change: give at least one of --host, --port, --database, --user, --tls, --ca-file, --tag, --remove-tag");
+    }
+    let new_text = doc.to_string();
+    let loaded = LoadedConfig::from_bytes(config, new_text.as_bytes())?;
+    if let Some(user) = &a.user {
+        let vault = state::open_vault(&loaded.config)?;
+        let Some(old) = vault.get(&a.name)? else {
+            bail!(
+                "connection {:?} has no vaulted credential; set one with `gatehouse connection set-credential`",
+                a.name
+            );
+        };
+        vault
+            .put(&a.name, &Credential::new(user.clone(), old.password))
+            .context("storing the credential")?;
+        what.push(format!("user={user}"));
+    }
+    crate::tls::write_private(config, new_text.as_bytes()).context("writing the config file")?;
+    record_change(&loaded.config, &a.name, "updated", &what)?;
+    eprintln!(
+        "connection {:?} updated ({}). A running gateway picks it up on SIGHUP (kill -HUP <pid>).",
+        a.name,
+        what.join(", ")
+    );
+    Ok(())
+}
+
+fn set_credential(config: &Path, a: SetCredentialArgs) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::load(config)?;
+    if loaded.config.connection(&a.name).is_none() {
+        bail!("no connection named {:?}", a.name);
+    }
+    let vault = state::open_vault(&loaded.config)?;
+    let user = match vault.entries()?.into_iter().find(|(n, _)| *n == a.name) {
+        Some((_, user)) => user,
+        None => bail!(
+            "connection {:?} has no vaulted credential (and so no upstream user); add it again with `gatehouse connection remove` + `add`",
+            a.name
+        ),
+    };
+    let password = read_password(a.password_env.as_deref())?;
+    vault
+        .put(&a.name, &Credential::new(user.clone(), password))
+        .context("storing the credential")?;
+    record_change(
+        &loaded.config,
+        &a.name,
+        "credential set",
+        &[format!("password replaced for upstream user {user}")],
+    )?;
+    eprintln!(
+        "connection {:?}: new credential vaulted; new logins use it. A running gateway masks the new password in results once it has recorded the change (within a second).",
         a.name
     );
     Ok(())
@@ -241,6 +447,12 @@ fn remove_connection(config: &Path, name: &str) -> anyhow::Result<()> {
         bail!("no connection named {name:?}");
     }
     crate::tls::write_private(config, new_text.as_bytes())?;
+    record_change(
+        &loaded.config,
+        name,
+        "removed",
+        &["entry and credential removed".into()],
+    )?;
     eprintln!("connection {name:?} removed");
     Ok(())
 }
@@ -1139,10 +1351,24 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
     let store = state::open_approvals(cfg)?;
     let now = SystemTime::now();
     store.expire(now)?;
+    // People as configuration writes them: `corp:alice`, or plain for the sole real issuer.
+    let issuers = cfg.issuers().unwrap_or_default();
+    let show = |p: &gatehouse_approvals::Principal| issuers.show_user(p);
     let decide = |id: &str, token: &str, verdict, comment: Option<String>, minutes: Option<u64>| {
         let who = cli_identity(cfg, token, now, "approver")?;
         let id: gatehouse_approvals::RequestId = id.parse()?;
-        let r = decisions::decide(&store, &who, &id, verdict, comment.as_deref(), minutes, now)?;
+        let r = decisions::decide(
+            &store,
+            cfg,
+            &who,
+            &id,
+            decisions::Ballot {
+                verdict,
+                comment: comment.as_deref(),
+                minutes,
+            },
+            now,
+        )?;
         println!("{}", decisions::request_json(&r));
         anyhow::Ok(())
     };
@@ -1163,7 +1389,7 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
                         r.status.as_str(),
                         r.rule,
                         r.connection,
-                        r.requester,
+                        show(&r.requester),
                         r.approvers.join("|"),
                         r.statement
                     );
@@ -1214,7 +1440,11 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
             )?;
             println!(
                 "{} grants {} on {} ({:?}), issued by {}",
-                g.id, g.user, g.connection, g.scope, g.issued_by
+                g.id,
+                show(&g.user),
+                g.connection,
+                g.scope,
+                show(&g.issued_by)
             );
             Ok(())
         }
@@ -1234,7 +1464,13 @@ pub fn approvals(config: &Path, cmd: ApprovalsCommand) -> anyhow::Result<()> {
             for g in store.list_grants(filter, 1000)? {
                 println!(
                     "{} {:?} {} on {} ({:?}) by {} used {}x",
-                    g.id, g.status, g.user, g.connection, g.scope, g.issued_by, g.use_count
+                    g.id,
+                    g.status,
+                    show(&g.user),
+                    g.connection,
+                    g.scope,
+                    show(&g.issued_by),
+                    g.use_count
                 );
             }
             Ok(())

@@ -202,14 +202,16 @@ pub struct MaskingProfile {
 }
 
 impl MaskingProfile {
-    /// Whether the profile applies to a session of a user in `groups` on `connection`.
+    /// Whether the profile applies to a session of a user in `groups` on `connection`;
+    /// `mine` is [`MaskingProfile::groups`] resolved through the configured issuers.
     pub fn selects(
         &self,
-        groups: &[String],
+        mine: &[gatehouse_policy::Group],
+        groups: &[gatehouse_policy::Group],
         connection: &str,
         tags: &BTreeMap<String, String>,
     ) -> bool {
-        (self.groups.is_empty() || self.groups.iter().any(|g| groups.contains(g)))
+        (self.groups.is_empty() || mine.iter().any(|g| groups.contains(g)))
             && (self.connections.is_empty() || self.connections.iter().any(|c| c == connection))
             && self.tags.iter().all(|(k, v)| tags.get(k) == Some(v))
     }
@@ -352,6 +354,11 @@ fn default_max_age() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
+    /// Short name of the issuer (`corp`): users and groups of this issuer are written
+    /// `corp:alice` wherever configuration, the CLI or the API names them. Needed to name
+    /// anyone when several issuers (the development issuer included, whose name is `dev`)
+    /// are configured.
+    pub name: Option<String>,
     pub issuer: String,
     pub audience: Vec<String>,
     #[serde(default = "default_username_claim")]
@@ -561,6 +568,9 @@ impl LoadedConfig {
     }
 }
 
+/// The name of the development issuer in `dev:alice` (reserved).
+pub const DEV_ISSUER_NAME: &str = "dev";
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -630,6 +640,22 @@ impl Config {
                 }
             }
         }
+        if self
+            .identity
+            .issuers
+            .iter()
+            .any(|i| i.name.as_deref() == Some(DEV_ISSUER_NAME))
+        {
+            return Err(format!(
+                "identity.issuers: the name {DEV_ISSUER_NAME:?} is reserved for the development issuer"
+            ));
+        }
+        let issuers = self
+            .issuers()
+            .map_err(|e| format!("identity.issuers: {e}"))?;
+        issuers
+            .groups(&self.approvals.grant_issuers)
+            .map_err(|e| format!("approvals.grant_issuers: {e}"))?;
         if self.key_store.pcrs.iter().any(|p| *p > 23) {
             return Err("key_store.pcrs: PCR indexes are 0-23".into());
         }
@@ -671,6 +697,9 @@ impl Config {
             p.masking
                 .validate()
                 .map_err(|e| format!("masking_profiles {:?}: {e}", p.name))?;
+            self.issuers()
+                .and_then(|i| i.groups(&p.groups))
+                .map_err(|e| format!("masking_profiles {:?}: groups: {e}", p.name))?;
         }
         if let Some(sftp) = &self.sftp {
             sftp.validate()?;
@@ -703,6 +732,26 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The configured issuers and their names (`dev` for the development issuer): how
+    /// users and groups written in configuration, the CLI and the API become principals.
+    pub fn issuers(&self) -> Result<gatehouse_policy::Issuers, gatehouse_policy::NameError> {
+        let remote = self.identity.issuers.iter().map(|i| {
+            (
+                i.name.clone(),
+                gatehouse_policy::IssuerId::new(i.issuer.clone()),
+            )
+        });
+        let issuers = gatehouse_policy::Issuers::new(remote)?;
+        if self.identity.dev_issuer.enabled {
+            issuers.with_development(
+                DEV_ISSUER_NAME,
+                gatehouse_policy::IssuerId::new(gatehouse_identity::DEV_ISSUER),
+            )
+        } else {
+            Ok(issuers)
+        }
     }
 
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
@@ -878,6 +927,56 @@ tags = { environment = "production" }
         );
         let e = load(&s).unwrap_err();
         assert!(e.to_string().contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn issuer_names_make_principals_unambiguous() {
+        let two = format!(
+            "{BASE}\n[[identity.issuers]]\nname = \"corp\"\nissuer = \"https://corp.example\"\naudience = [\"g\"]\n\n[[identity.issuers]]\nname = \"partner\"\nissuer = \"https://partner.example\"\naudience = [\"g\"]\n"
+        );
+        let c = load(&two).unwrap();
+        let issuers = c.config.issuers().unwrap();
+        let a = issuers.user("corp:alice").unwrap();
+        let b = issuers.user("partner:alice").unwrap();
+        assert_eq!(a.issuer.as_str(), "https://corp.example");
+        assert!(!a.same_person(&b));
+        assert!(
+            issuers.user("alice").is_err(),
+            "plain name with two issuers"
+        );
+        // The development issuer is named `dev`.
+        let with_dev = format!("{two}\n[identity.dev_issuer]\nenabled = true\n");
+        let i = load(&with_dev).unwrap().config.issuers().unwrap();
+        assert_eq!(
+            i.user("dev:alice").unwrap().issuer.as_str(),
+            "gatehouse-dev"
+        );
+        // Beside one real issuer, a plain name is the real issuer's, never the dev issuer's.
+        let one_dev = format!(
+            "{BASE}\n[[identity.issuers]]\nissuer = \"https://corp.example\"\naudience = [\"g\"]\n\n[identity.dev_issuer]\nenabled = true\n"
+        );
+        let i = load(&one_dev).unwrap().config.issuers().unwrap();
+        assert_eq!(
+            i.user("alice").unwrap().issuer.as_str(),
+            "https://corp.example"
+        );
+        assert_eq!(
+            i.user("dev:alice").unwrap().issuer.as_str(),
+            "gatehouse-dev"
+        );
+        // One issuer without a name: plain names, as before.
+        let one = format!(
+            "{BASE}\n[[identity.issuers]]\nissuer = \"https://corp.example\"\naudience = [\"g\"]\n"
+        );
+        let i = load(&one).unwrap().config.issuers().unwrap();
+        assert_eq!(
+            i.user("alice").unwrap().issuer.as_str(),
+            "https://corp.example"
+        );
+        // Duplicate, reserved and malformed names are refused.
+        assert!(load(&two.replace("\"partner\"", "\"corp\"")).is_err());
+        assert!(load(&two.replace("\"partner\"", "\"dev\"")).is_err());
+        assert!(load(&two.replace("\"partner\"", "\"a:b\"")).is_err());
     }
 
     #[test]

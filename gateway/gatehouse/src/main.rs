@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod decisions;
 mod demo;
+mod outbox;
 mod pg;
 mod serve;
 mod sessions;

@@ -191,6 +191,7 @@ pub async fn run(
     let on_demand = tokio::spawn(checkpoint_on_usr1(gw.clone()));
     let retention = tokio::spawn(prune_hourly(gw.clone()));
     let approvals = tokio::spawn(audit_approvals(gw.clone()));
+    let outbox = tokio::spawn(drain_outbox(gw.clone()));
     let (watchdog_stop, stop_rx) = tokio::sync::oneshot::channel();
     let watchdog = tokio::spawn(pet_watchdog(
         gw.config.load().config.gateway.watchdog,
@@ -219,6 +220,7 @@ pub async fn run(
     on_demand.abort();
     retention.abort();
     approvals.abort();
+    outbox.abort();
     if let Some(sftp) = sftp {
         sftp.stop().await;
     }
@@ -305,6 +307,31 @@ fn policy_note(gw: &Gateway) -> String {
     }
 }
 
+/// Records the CLI's connection changes (`outbox.rs`) at start and every second. A changed
+/// credential also rebuilds the masking engines, so that the new password is masked in every
+/// session that starts from then on.
+async fn drain_outbox(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let config = gw.config.load().config.clone();
+        match crate::outbox::drain_into(&config, &gw.audit).await {
+            Ok(done) if done.iter().any(|r| r.event == EventKind::ConnectionChanged) => {
+                let g = gw.clone();
+                match tokio::task::spawn_blocking(move || g.rebuild_masking()).await {
+                    Ok(Ok(())) => tracing::info!("connection changed: masking engines rebuilt"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %format!("{e:#}"), "masking engines not rebuilt")
+                    }
+                    Err(_) => {}
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "audit outbox not drained"),
+        }
+    }
+}
+
 /// Puts the life of every approval request into the audit trail: requested, approved,
 /// denied, expired, executed. Decisions are made by the CLI (another process) in the
 /// approvals store; the gateway, the audit store's only writer, watches the store every
@@ -370,11 +397,14 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                     }
                 }
             }
+            // People as configuration writes them (`dev:bob`, or plain for the one real issuer).
+            let issuers = gw.config.load().config.issuers().unwrap_or_default();
             for ev in events {
                 let mut rec = gw.record(ev);
                 rec.policy_hash = gw.policy_hash();
-                rec.username = Some(r.requester.clone());
-                rec.groups = r.requester_groups.clone();
+                rec.username = Some(r.requester.name.clone());
+                rec.issuer = Some(r.requester.issuer.as_str().to_owned());
+                rec.groups = r.requester_groups.iter().map(|g| g.name.clone()).collect();
                 rec.connection = Some(r.connection.clone());
                 rec.statement = Some(r.statement.clone());
                 rec.decision = Some(match ev {
@@ -392,9 +422,9 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                     .map(|v| {
                         format!(
                             "{} {} ({}){}",
-                            v.approver,
+                            issuers.show_user(&v.approver),
                             v.verdict.as_str(),
-                            v.approver_groups.join(","),
+                            crate::decisions::names(&v.approver_groups).join(","),
                             v.comment
                                 .as_ref()
                                 .map(|c| format!(": {c}"))
@@ -438,10 +468,13 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                 if !active && before != Some(false) {
                     events.push(EventKind::GrantEnded);
                 }
+                // People as configuration writes them (`dev:bob`, or plain for the one real issuer).
+                let issuers = gw.config.load().config.issuers().unwrap_or_default();
                 for ev in events {
                     let mut rec = gw.record(ev);
                     rec.policy_hash = gw.policy_hash();
-                    rec.username = Some(g.user.clone());
+                    rec.username = Some(g.user.name.clone());
+                    rec.issuer = Some(g.user.issuer.as_str().to_owned());
                     rec.connection = Some(g.connection.clone());
                     rec.decision = Some(if ev == EventKind::GrantIssued {
                         gatehouse_audit::Decision::Allow
@@ -454,15 +487,15 @@ async fn audit_approvals(gw: Arc<Gateway>) {
                         g.id,
                         g.status,
                         g.scope,
-                        g.issued_by,
-                        g.issued_by_groups.join(","),
+                        issuers.show_user(&g.issued_by),
+                        crate::decisions::names(&g.issued_by_groups).join(","),
                         g.comment
                             .as_ref()
                             .map(|c| format!(": {c}"))
                             .unwrap_or_default(),
                         g.revoked_by
                             .as_ref()
-                            .map(|r| format!("; revoked by {r}"))
+                            .map(|r| format!("; revoked by {}", issuers.show_user(r)))
                             .unwrap_or_default(),
                         g.use_count,
                         policy_note

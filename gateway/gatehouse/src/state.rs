@@ -40,13 +40,17 @@ pub struct Gateway {
 
 /// Opens the approvals store in the data dir, with `limits.pending_approvals_per_user`.
 pub fn open_approvals(config: &Config) -> anyhow::Result<gatehouse_approvals::ApprovalStore> {
+    // A schema-1 store (users without issuers) is upgraded to the sole issuer, if there is
+    // exactly one; otherwise its old rows become inert (docs/decisions.md, "Principals").
+    let issuers = config.issuers().context("identity.issuers")?;
     let opts = gatehouse_approvals::StoreOptions {
         max_pending_per_requester: config.limits.pending_approvals_per_user,
         ..gatehouse_approvals::StoreOptions::default()
     };
-    gatehouse_approvals::ApprovalStore::open_with(
+    gatehouse_approvals::ApprovalStore::open_upgrading(
         config.gateway.data_dir.join("approvals.db"),
         opts,
+        issuers.only(),
     )
     .context("opening the approvals store")
 }
@@ -55,19 +59,24 @@ pub fn open_approvals(config: &Config) -> anyhow::Result<gatehouse_approvals::Ap
 #[derive(Debug)]
 pub struct MaskingSet {
     pub default: Arc<Engine>,
-    pub profiles: Vec<(crate::config::MaskingProfile, Arc<Engine>)>,
+    /// Each profile with its groups resolved (principals at one issuer) and its engine.
+    pub profiles: Vec<(
+        crate::config::MaskingProfile,
+        Vec<gatehouse_policy::Group>,
+        Arc<Engine>,
+    )>,
 }
 
 impl MaskingSet {
     /// The engine for a session, and the profile that chose it.
     pub fn select(
         &self,
-        groups: &[String],
+        groups: &[gatehouse_policy::Group],
         connection: &str,
         tags: &std::collections::BTreeMap<String, String>,
     ) -> (Arc<Engine>, Option<String>) {
-        for (p, e) in &self.profiles {
-            if p.selects(groups, connection, tags) {
+        for (p, mine, e) in &self.profiles {
+            if p.selects(mine, groups, connection, tags) {
                 return (Arc::clone(e), Some(p.name.clone()));
             }
         }
@@ -100,9 +109,13 @@ pub fn build_masking(
             .context("building the masking engine")
     };
     let default = build(&default_masking(config))?;
+    let issuers = config.issuers().context("identity.issuers")?;
     let mut profiles = Vec::new();
     for p in &config.masking_profiles {
-        profiles.push((p.clone(), build(&p.masking)?));
+        let groups = issuers
+            .groups(&p.groups)
+            .with_context(|| format!("masking_profiles {:?}: groups", p.name))?;
+        profiles.push((p.clone(), groups, build(&p.masking)?));
     }
     Ok(MaskingSet { default, profiles })
 }
@@ -129,8 +142,11 @@ pub fn load_policy(config: &Config) -> anyhow::Result<Option<Arc<Policy>>> {
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the policy file {}", path.display()))?;
-    let policy =
-        Policy::from_toml(&text).with_context(|| format!("policy file {}", path.display()))?;
+    let issuers = config
+        .issuers()
+        .context("identity.issuers (the names the policy uses)")?;
+    let policy = Policy::from_toml(&text, &issuers)
+        .with_context(|| format!("policy file {}", path.display()))?;
     Ok(Some(Arc::new(policy)))
 }
 
@@ -194,6 +210,15 @@ impl Gateway {
             .as_ref()
             .as_ref()
             .map(|p| p.hash().to_owned())
+    }
+
+    /// Rebuilds the masking engines from the config in force and the vault as it is now
+    /// (after a credential was replaced).
+    pub fn rebuild_masking(&self) -> anyhow::Result<()> {
+        let config = self.config.load();
+        let masking = build_masking(&config.config, &self.vault, self.keys.as_ref())?;
+        self.masking.store(Arc::new(masking));
+        Ok(())
     }
 
     /// Re-reads the config file; on any error the running config stays in force.

@@ -29,7 +29,10 @@ pub fn payload(
     let votes: Vec<Value> = r
         .votes
         .iter()
-        .map(|v| json!({"approver": v.approver, "verdict": v.verdict.as_str(), "comment": v.comment}))
+        .map(|v| {
+            json!({"approver": v.approver.name, "approver_issuer": v.approver.issuer.as_str(),
+            "verdict": v.verdict.as_str(), "comment": v.comment})
+        })
         .collect();
     match format {
         WebhookFormat::Json => json!({
@@ -38,7 +41,8 @@ pub fn payload(
             "id": r.id.to_string(),
             "status": r.status.as_str(),
             "mode": r.mode.as_str(),
-            "requester": r.requester,
+            "requester": r.requester.name,
+            "requester_issuer": r.requester.issuer.as_str(),
             "connection": r.connection,
             "rule": r.rule,
             "reason": r.reason,

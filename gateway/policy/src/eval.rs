@@ -263,7 +263,7 @@ fn rule_reason(r: &Rule, verb: &str) -> String {
 }
 
 fn grant_covers(g: &Grant, r: &Rule, stmt: &Statement, facts: &Facts<'_>) -> bool {
-    g.user == facts.user
+    g.user == *facts.user
         && g.connection == facts.connection
         && facts.now < g.expires_at
         && match &g.scope {

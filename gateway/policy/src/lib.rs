@@ -26,6 +26,7 @@
 
 mod eval;
 mod model;
+mod principal;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -33,17 +34,18 @@ use std::time::SystemTime;
 use gatehouse_sql::{ParseError, PreparedStatements, Statement};
 
 pub use model::{
-    Action, Approval, ApprovalMode, DefaultAction, Preset, PresetBlock, Principal, Rule, Scope,
-    StatementMatch, TablePattern, DEFAULT_HOLD, MAX_HOLD,
+    Action, Approval, ApprovalMode, DefaultAction, Preset, PresetBlock, Rule, Scope,
+    StatementMatch, TablePattern, Who, DEFAULT_HOLD, MAX_HOLD,
 };
+pub use principal::{Group, IssuerId, Issuers, NameError, Principal};
 
 /// Everything known about one request, borrowed from the session.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
-    /// The authenticated user (token subject/username claim).
-    pub user: &'a str,
-    /// The user's groups from the token.
-    pub groups: &'a [String],
+    /// The authenticated user: the token's username claim at the token's issuer.
+    pub user: &'a Principal,
+    /// The user's groups from the token, at the same issuer.
+    pub groups: &'a [Group],
     /// The configured connection name (the startup `database`).
     pub connection: &'a str,
     /// The connection's tags from configuration (e.g. `environment = "production"`).
@@ -156,7 +158,8 @@ impl Decision {
 pub struct Grant {
     /// Recorded in [`AllowBasis::Grant`] (e.g. the approval request id).
     pub id: String,
-    pub user: String,
+    /// Only this principal (issuer and name, exactly) is covered.
+    pub user: Principal,
     pub connection: String,
     /// The grant satisfies nothing at or after this instant.
     pub expires_at: SystemTime,
@@ -213,9 +216,11 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Parse and validate a policy file.
-    pub fn from_toml(src: &str) -> Result<Policy, PolicyError> {
-        let parsed = model::parse(src)?;
+    /// Parse and validate a policy file. Users, groups and approvers are resolved through
+    /// `issuers` (see [`Issuers::user`]): a name that is ambiguous or names no configured
+    /// issuer is a load error.
+    pub fn from_toml(src: &str, issuers: &Issuers) -> Result<Policy, PolicyError> {
+        let parsed = model::parse(src, issuers)?;
         let digest = ring::digest::digest(&ring::digest::SHA256, src.as_bytes());
         Ok(Policy {
             version: parsed.version,

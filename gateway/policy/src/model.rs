@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::principal::{Group, Issuers, Principal};
 use crate::PolicyError;
 
 /// A guardrail preset. Presets only ever deny.
@@ -91,11 +92,11 @@ pub struct Scope {
 
 /// Conditions on who is asking.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Principal {
-    /// User names (any of); empty = anyone.
-    pub users: BTreeSet<String>,
+pub struct Who {
+    /// Users (any of); empty = anyone.
+    pub users: BTreeSet<Principal>,
     /// Groups (the user is in any of); empty = anyone.
-    pub groups: BTreeSet<String>,
+    pub groups: BTreeSet<Group>,
     /// Protocols (any of, e.g. `postgres`); empty = any.
     pub protocols: BTreeSet<String>,
 }
@@ -134,7 +135,7 @@ pub struct Rule {
     pub action: Action,
     pub reason: Option<String>,
     pub scope: Scope,
-    pub principal: Principal,
+    pub principal: Who,
     pub statement: StatementMatch,
     /// Present exactly when `action` is `RequireApproval`.
     pub approval: Option<Approval>,
@@ -143,7 +144,11 @@ pub struct Rule {
 /// Who must approve, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
+    /// The approver groups as the policy writes them (carried into approval requests, which
+    /// resolve them again through the configured issuers when a vote is judged).
     pub approvers: Vec<String>,
+    /// The same groups, resolved at load: every written name names exactly one issuer's group.
+    pub approver_groups: Vec<Group>,
     pub min_approvals: u32,
     pub mode: ApprovalMode,
 }
@@ -190,9 +195,9 @@ struct RawRule {
     #[serde(default)]
     tags: BTreeMap<String, String>,
     #[serde(default)]
-    users: Vec<String>,
+    users: Vec<Spanned<String>>,
     #[serde(default)]
-    groups: Vec<String>,
+    groups: Vec<Spanned<String>>,
     #[serde(default)]
     protocols: Vec<String>,
     #[serde(default)]
@@ -214,7 +219,7 @@ struct RawRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApproval {
-    approvers: Vec<String>,
+    approvers: Vec<Spanned<String>>,
     #[serde(default = "one")]
     min_approvals: u32,
     mode: RawMode,
@@ -245,7 +250,7 @@ pub(crate) struct Parsed {
     pub rules: Vec<Rule>,
 }
 
-pub(crate) fn parse(src: &str) -> Result<Parsed, PolicyError> {
+pub(crate) fn parse(src: &str, issuers: &Issuers) -> Result<Parsed, PolicyError> {
     let raw: RawPolicy = toml::from_str(src)
         .map_err(|e| PolicyError::at(src, e.span().map(|s| s.start), e.message()))?;
     if raw.version.get_ref().trim().is_empty() {
@@ -275,7 +280,7 @@ pub(crate) fn parse(src: &str) -> Result<Parsed, PolicyError> {
     let mut names = BTreeSet::new();
     let mut rules = Vec::new();
     for r in raw.rules {
-        rules.push(rule(src, r, &mut names)?);
+        rules.push(rule(src, r, &mut names, issuers)?);
     }
     Ok(Parsed {
         version: raw.version.into_inner(),
@@ -285,7 +290,12 @@ pub(crate) fn parse(src: &str) -> Result<Parsed, PolicyError> {
     })
 }
 
-fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, PolicyError> {
+fn rule(
+    src: &str,
+    r: RawRule,
+    names: &mut BTreeSet<String>,
+    issuers: &Issuers,
+) -> Result<Rule, PolicyError> {
     let err =
         |span: std::ops::Range<usize>, msg: String| PolicyError::at(src, Some(span.start), &msg);
     let name = r.name.get_ref().clone();
@@ -341,6 +351,26 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
             })
             .collect()
     };
+    // Users and groups name a principal at one issuer (`corp:alice`; plain only when one
+    // issuer is configured): resolved here, so evaluation compares principals, never text.
+    let users = r
+        .users
+        .iter()
+        .map(|u| {
+            issuers
+                .user(u.get_ref())
+                .map_err(|e| err(u.span(), format!("rule {name:?}: {e}")))
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let groups = r
+        .groups
+        .iter()
+        .map(|g| {
+            issuers
+                .group(g.get_ref())
+                .map_err(|e| err(g.span(), format!("rule {name:?}: {e}")))
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
     let tables = patterns(&r.tables)?;
     let writes_to = patterns(&r.writes_to)?;
 
@@ -351,9 +381,14 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
         (Action::RequireApproval, Some(a)) => {
             let span = a.span();
             let a = a.into_inner();
-            if a.approvers.is_empty() || a.approvers.iter().any(|g| g.trim().is_empty()) {
+            if a.approvers.is_empty() || a.approvers.iter().any(|g| g.get_ref().trim().is_empty()) {
                 return Err(err(span, format!("rule {name:?}: approvers must list at least one group")));
             }
+            let approver_groups = a
+                .approvers
+                .iter()
+                .map(|g| issuers.group(g.get_ref()).map_err(|e| err(g.span(), format!("rule {name:?}: approvers: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
             if a.min_approvals == 0 {
                 return Err(err(span, format!("rule {name:?}: min_approvals must be at least 1")));
             }
@@ -366,7 +401,7 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
                 }
                 (RawMode::Hold, Some(s)) => ApprovalMode::Hold { timeout: Duration::from_secs(s) },
             };
-            Some(Approval { approvers: a.approvers, min_approvals: a.min_approvals, mode })
+            Some(Approval { approvers: a.approvers.into_iter().map(Spanned::into_inner).collect(), approver_groups, min_approvals: a.min_approvals, mode })
         }
         (_, Some(a)) => return Err(err(a.span(), format!("rule {name:?}: an approval table is only allowed with action = \"require_approval\""))),
         (_, None) => None,
@@ -379,9 +414,9 @@ fn rule(src: &str, r: RawRule, names: &mut BTreeSet<String>) -> Result<Rule, Pol
             connections: r.connections.into_iter().collect(),
             tags: r.tags,
         },
-        principal: Principal {
-            users: r.users.into_iter().collect(),
-            groups: r.groups.into_iter().collect(),
+        principal: Who {
+            users,
+            groups,
             protocols: r.protocols.into_iter().collect(),
         },
         statement: StatementMatch {

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use gatehouse_policy::{
-    AllowBasis, ApprovalMode, Decision, Facts, Grant, GrantScope, Policy, PolicyError,
+    AllowBasis, ApprovalMode, Decision, Facts, Grant, GrantScope, Group, IssuerId, Issuers, Policy,
+    PolicyError, Principal,
 };
 use gatehouse_sql::{classify, PreparedStatements};
 
@@ -33,6 +34,17 @@ action = "deny"
 tables = ["vault.*"]
 "#;
 
+/// The one issuer of most tests: plain names resolve to it.
+const IDP: &str = "https://idp.test";
+
+fn one() -> Issuers {
+    Issuers::single(IssuerId::new(IDP))
+}
+
+fn alice() -> Principal {
+    Principal::new(IssuerId::new(IDP), "alice")
+}
+
 fn t0() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
 }
@@ -45,11 +57,12 @@ fn decide_with(
     now: SystemTime,
 ) -> Decision {
     let tags = BTreeMap::new();
-    let groups = vec!["agents".to_owned()];
+    let groups = vec![Group::new(IssuerId::new(IDP), "agents")];
+    let user = alice();
     let statements = classify(sql);
     let prepared = PreparedStatements::new();
     let facts = Facts {
-        user: "alice",
+        user: &user,
         groups: &groups,
         connection,
         tags: &tags,
@@ -67,7 +80,7 @@ fn decide(policy: &Policy, sql: &str, connection: &str) -> Decision {
 }
 
 fn err(src: &str) -> PolicyError {
-    Policy::from_toml(src).expect_err("must be refused")
+    Policy::from_toml(src, &one()).expect_err("must be refused")
 }
 
 #[test]
@@ -106,15 +119,15 @@ fn load_errors_have_positions() {
 
 #[test]
 fn hash_and_version() {
-    let p = Policy::from_toml(BASE).unwrap();
+    let p = Policy::from_toml(BASE, &one()).unwrap();
     assert_eq!(p.version(), "t1");
     assert_eq!(p.hash().len(), 64);
-    let same = Policy::from_toml(BASE).unwrap();
+    let same = Policy::from_toml(BASE, &one()).unwrap();
     assert_eq!(p.hash(), same.hash());
-    let other = Policy::from_toml(&format!("{BASE}\n# comment")).unwrap();
+    let other = Policy::from_toml(&format!("{BASE}\n# comment"), &one()).unwrap();
     assert_ne!(p.hash(), other.hash(), "the hash is of the source bytes");
     // Known vector: SHA-256 of this exact text.
-    let tiny = Policy::from_toml("version = \"1\"\n").unwrap();
+    let tiny = Policy::from_toml("version = \"1\"\n", &one()).unwrap();
     assert_eq!(
         tiny.hash(),
         "47a465cdf1ac00306666d3b73f0b2382a5b92088b3db8cd9e1c4d641eb2a81f5"
@@ -123,7 +136,7 @@ fn hash_and_version() {
 
 #[test]
 fn approval_carries_the_rule_settings() {
-    let p = Policy::from_toml(BASE).unwrap();
+    let p = Policy::from_toml(BASE, &one()).unwrap();
     match decide(&p, "INSERT INTO t VALUES (1)", "prod") {
         Decision::RequireApproval {
             rule,
@@ -155,10 +168,10 @@ fn approval_carries_the_rule_settings() {
 
 #[test]
 fn grants_turn_approval_into_allow_until_they_expire() {
-    let p = Policy::from_toml(BASE).unwrap();
+    let p = Policy::from_toml(BASE, &one()).unwrap();
     let grant = |scope: GrantScope, user: &str, conn: &str| Grant {
         id: "g-1".into(),
-        user: user.into(),
+        user: Principal::new(IssuerId::new(IDP), user),
         connection: conn.into(),
         expires_at: t0() + Duration::from_secs(1800),
         scope,
@@ -250,7 +263,7 @@ name = "secret"
 action = "deny"
 tables = ["secret"]
 "#;
-    let p = Policy::from_toml(src).unwrap();
+    let p = Policy::from_toml(src, &one()).unwrap();
     assert_eq!(
         decide(&p, "SELECT * FROM secret", "c")
             .rule()
@@ -286,7 +299,7 @@ name = "reads"
 action = "allow"
 kinds = ["select", "show", "set"]
 "#;
-    let p = Policy::from_toml(src).unwrap();
+    let p = Policy::from_toml(src, &one()).unwrap();
     assert_eq!(decide(&p, "SELECT 1", "c").label(), "allow");
     let d = decide(&p, "INSERT INTO t VALUES (1)", "c");
     assert_eq!(d.rule().unwrap().as_str(), "policy:default");
@@ -299,11 +312,12 @@ kinds = ["select", "show", "set"]
 
 #[test]
 fn unparseable_is_allowed_only_where_nothing_restricts() {
-    let p = Policy::from_toml(BASE).unwrap();
+    let p = Policy::from_toml(BASE, &one()).unwrap();
     // `no-secrets` applies everywhere, so every connection is restricted.
     assert_eq!(decide(&p, "SELEC 1", "dev").label(), "deny");
     let open = Policy::from_toml(
         "version = \"1\"\n[[presets]]\nenable = [\"read_only\"]\nconnections = [\"ro\"]\n",
+        &one(),
     )
     .unwrap();
     assert_eq!(
@@ -346,8 +360,9 @@ name = "orders-writes"
 action = "deny"
 writes_to = ["public.orders"]
 "#;
-    let p = Policy::from_toml(src).unwrap();
-    let groups: Vec<String> = vec![];
+    let p = Policy::from_toml(src, &one()).unwrap();
+    let groups: Vec<Group> = vec![];
+    let user = alice();
     let prepared = PreparedStatements::new();
     let run = |sql: &str, tags: &[(&str, &str)]| {
         let tags: BTreeMap<String, String> = tags
@@ -356,7 +371,7 @@ writes_to = ["public.orders"]
             .collect();
         let statements = classify(sql);
         let facts = Facts {
-            user: "alice",
+            user: &user,
             groups: &groups,
             connection: "c",
             tags: &tags,
@@ -414,7 +429,7 @@ writes_to = ["public.orders"]
 
 #[test]
 fn example_policy_loads() {
-    let p = Policy::from_toml(include_str!("../examples/policy.toml")).unwrap();
+    let p = Policy::from_toml(include_str!("../examples/policy.toml"), &one()).unwrap();
     assert_eq!(p.presets().len(), 2);
     assert_eq!(p.rules().len(), 4);
     assert!(
@@ -431,7 +446,7 @@ enable = ["no_drop_truncate", "no_unbounded_write", "no_privilege_changes", "no_
 "#;
 
 fn guardrail_decision(sql: &str) -> Decision {
-    decide(&Policy::from_toml(GUARDRAILS).unwrap(), sql, "prod")
+    decide(&Policy::from_toml(GUARDRAILS, &one()).unwrap(), sql, "prod")
 }
 
 #[test]
@@ -500,7 +515,7 @@ fn harmless_set_config_is_not_refused() {
 
 #[test]
 fn prepare_and_execute_in_one_request() {
-    let policy = Policy::from_toml(GUARDRAILS).unwrap();
+    let policy = Policy::from_toml(GUARDRAILS, &one()).unwrap();
     // Nothing prepared on the session before: the PREPARE earlier in the same string counts.
     let d = decide(
         &policy,
@@ -532,5 +547,122 @@ fn prepare_and_execute_in_one_request() {
             Some("policy:unknown_prepared"),
             "{sql}: {d:?}"
         );
+    }
+}
+
+/// Two issuers, `corp` and `partner`, both with an `alice` and an `agents` group.
+mod two_issuers {
+    use super::*;
+
+    const CORP: &str = "https://corp.example";
+    const PARTNER: &str = "https://partner.example";
+
+    fn issuers() -> Issuers {
+        Issuers::new([
+            (Some("corp".to_owned()), IssuerId::new(CORP)),
+            (Some("partner".to_owned()), IssuerId::new(PARTNER)),
+        ])
+        .unwrap()
+    }
+
+    const SRC: &str = r#"
+version = "2"
+default = "deny"
+[[rules]]
+name = "alice-reads"
+action = "allow"
+users = ["corp:alice"]
+kinds = ["select"]
+[[rules]]
+name = "agents-insert"
+action = "allow"
+groups = ["corp:agents"]
+kinds = ["insert"]
+[[rules]]
+name = "writes"
+action = "require_approval"
+kinds = ["update"]
+[rules.approval]
+approvers = ["corp:dba"]
+mode = "ticket"
+"#;
+
+    fn judge(p: &Policy, iss: &str, sql: &str, grants: &[Grant]) -> Decision {
+        let user = Principal::new(IssuerId::new(iss), "alice");
+        let groups = vec![Group::new(IssuerId::new(iss), "agents")];
+        let tags = BTreeMap::new();
+        let statements = classify(sql);
+        let prepared = PreparedStatements::new();
+        let facts = Facts {
+            user: &user,
+            groups: &groups,
+            connection: "prod",
+            tags: &tags,
+            protocol: "postgres",
+            sql,
+            statements: &statements,
+            prepared: &prepared,
+            now: t0(),
+        };
+        p.evaluate(&facts, grants)
+    }
+
+    #[test]
+    fn user_and_group_rules_match_only_their_issuer() {
+        let p = Policy::from_toml(SRC, &issuers()).unwrap();
+        assert_eq!(judge(&p, CORP, "SELECT 1", &[]).label(), "allow");
+        assert_eq!(
+            judge(&p, CORP, "INSERT INTO t VALUES (1)", &[]).label(),
+            "allow"
+        );
+        // The same names at the other issuer are other principals.
+        assert_eq!(judge(&p, PARTNER, "SELECT 1", &[]).label(), "deny");
+        assert_eq!(
+            judge(&p, PARTNER, "INSERT INTO t VALUES (1)", &[]).label(),
+            "deny"
+        );
+    }
+
+    #[test]
+    fn a_grant_covers_its_issuers_user_only() {
+        let p = Policy::from_toml(SRC, &issuers()).unwrap();
+        let grant = Grant {
+            id: "g-1".into(),
+            user: Principal::new(IssuerId::new(CORP), "alice"),
+            connection: "prod".into(),
+            expires_at: t0() + Duration::from_secs(60),
+            scope: GrantScope::Any,
+        };
+        let sql = "UPDATE t SET a = 1 WHERE id = 1";
+        assert_eq!(
+            judge(&p, CORP, sql, std::slice::from_ref(&grant)).label(),
+            "allow"
+        );
+        assert_eq!(judge(&p, PARTNER, sql, &[grant]).label(), "approval");
+    }
+
+    #[test]
+    fn approvers_are_resolved_at_load() {
+        let p = Policy::from_toml(SRC, &issuers()).unwrap();
+        let a = p.rules()[2].approval.as_ref().unwrap();
+        assert_eq!(a.approvers, vec!["corp:dba".to_owned()]);
+        assert_eq!(
+            a.approver_groups,
+            vec![Group::new(IssuerId::new(CORP), "dba")]
+        );
+    }
+
+    #[test]
+    fn plain_or_unknown_names_are_refused_with_two_issuers() {
+        for bad in [
+            SRC.replace("\"corp:alice\"", "\"alice\""),
+            SRC.replace("\"corp:agents\"", "\"agents\""),
+            SRC.replace("\"corp:dba\"", "\"dba\""),
+            SRC.replace("\"corp:dba\"", "\"other:dba\""),
+        ] {
+            let e = Policy::from_toml(&bad, &issuers()).expect_err("ambiguous name");
+            assert!(e.message.contains("ambiguous"), "{e}");
+            assert!(e.line > 0, "{e}");
+        }
     }
 }

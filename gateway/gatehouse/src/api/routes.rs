@@ -190,10 +190,11 @@ pub async fn list_approvals(
         ApprovalState::Executed => s == RequestStatus::Executed,
         ApprovalState::All => true,
     };
-    let actor = decisions::actor(&who);
+    let acting = decisions::Acting::of(&who);
+    let issuers = decisions::issuers(&gw.config.load().config)?;
     let items: Vec<Value> = all
         .iter()
-        .filter(|r| wanted(r.status) && r.visible_to(actor))
+        .filter(|r| wanted(r.status) && r.visible_to(acting.actor(), &issuers))
         .take(limit)
         .map(decisions::request_json)
         .collect();
@@ -220,7 +221,8 @@ pub async fn get_approval(
     let r = blocking(move || store.get(&id))
         .await?
         .ok_or(ApiError::NotFound("approval request"))?;
-    if !r.visible_to(decisions::actor(&who)) {
+    let issuers = decisions::issuers(&gw.config.load().config)?;
+    if !r.visible_to(decisions::Acting::of(&who).actor(), &issuers) {
         return Err(ApiError::NotVisible("approval request"));
     }
     Ok(Json(decisions::request_json(&r)))
@@ -271,14 +273,18 @@ async fn decide(
 ) -> Result<Json<Value>, ApiError> {
     let id = request_id(id)?;
     let store = gw.approvals.clone();
+    let cfg = gw.config.load_full();
     let r = blocking(move || {
         decisions::decide(
             &store,
+            &cfg.config,
             &who,
             &id,
-            verdict,
-            comment.as_deref(),
-            minutes,
+            decisions::Ballot {
+                verdict,
+                comment: comment.as_deref(),
+                minutes,
+            },
             SystemTime::now(),
         )
         .inspect(|r| {
@@ -348,11 +354,11 @@ pub async fn list_grants(
     })
     .await?;
     let cfg = gw.config.load();
-    let issuers = &cfg.config.approvals.grant_issuers;
-    let actor = decisions::actor(&who);
+    let issuers = decisions::grant_issuers(&cfg.config)?;
+    let acting = decisions::Acting::of(&who);
     let items: Vec<Value> = all
         .iter()
-        .filter(|g| g.visible_to(actor, issuers))
+        .filter(|g| g.visible_to(acting.actor(), &issuers))
         .take(limit)
         .map(decisions::grant_json)
         .collect();

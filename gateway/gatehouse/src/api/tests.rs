@@ -65,8 +65,11 @@ database = "app"
         self.gw
             .approvals
             .create_request(NewRequest {
-                requester: requester.into(),
-                requester_groups: vec!["dba".into()],
+                requester: dev_user(requester),
+                requester_groups: vec![gatehouse_approvals::Group::new(
+                    gatehouse_approvals::IssuerId::new(gatehouse_identity::DEV_ISSUER),
+                    "dba",
+                )],
                 connection: "app".into(),
                 statement: "INSERT INTO t VALUES (1)".into(),
                 rule: "rule:w".into(),
@@ -172,7 +175,7 @@ async fn decisions_follow_the_store_rules() {
     // The store holds exactly the API's decision.
     let stored = f.gw.approvals.get(&id.parse().unwrap()).unwrap().unwrap();
     assert_eq!(stored.votes.len(), 1);
-    assert_eq!(stored.votes[0].approver, "bob");
+    assert_eq!(stored.votes[0].approver, dev_user("bob"));
 }
 
 #[tokio::test]
@@ -285,4 +288,12 @@ async fn framework_rejections_use_the_error_shape() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+/// A user of the development issuer (the only issuer of these tests).
+fn dev_user(name: &str) -> gatehouse_approvals::Principal {
+    gatehouse_approvals::Principal::new(
+        gatehouse_approvals::IssuerId::new(gatehouse_identity::DEV_ISSUER),
+        name,
+    )
 }

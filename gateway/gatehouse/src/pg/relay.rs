@@ -299,10 +299,7 @@ struct ClientState {
 /// Read with the reported settings when known; the upstream side refuses any COPY OUT that
 /// gets past this anyway.
 fn copies_out(bytes: &[u8], settings: Option<TextSettings>) -> bool {
-    if !bytes
-        .windows(4)
-        .any(|w| w.eq_ignore_ascii_case(b"copy"))
-    {
+    if !bytes.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy")) {
         return false;
     }
     let settings = settings.unwrap_or_default();
@@ -328,8 +325,8 @@ fn copies_out(bytes: &[u8], settings: Option<TextSettings>) -> bool {
 /// Who is asking, where: the policy facts fixed for the session.
 #[derive(Debug)]
 struct Who {
-    user: String,
-    groups: Vec<String>,
+    user: gatehouse_policy::Principal,
+    groups: Vec<gatehouse_policy::Group>,
     connection: String,
     tags: std::collections::BTreeMap<String, String>,
     /// `Some(max bytes)` when the connection records sessions.
@@ -926,9 +923,10 @@ pub async fn run(
         let recording = conn
             .filter(|c| c.record_sessions)
             .map(|c| c.recording_max_bytes);
+        let issuer = gatehouse_policy::IssuerId::new(id.issuer.clone());
         Arc::new(Who {
-            user: id.username.clone(),
-            groups: id.groups.clone(),
+            user: gatehouse_policy::Principal::new(issuer.clone(), id.username.clone()),
+            groups: gatehouse_policy::Group::all_of(&issuer, &id.groups),
             connection,
             tags,
             recording,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use gatehouse_policy::{Decision, Facts, Policy};
+use gatehouse_policy::{Decision, Facts, Group, IssuerId, Issuers, Policy, Principal};
 use gatehouse_sql::{classify_with, ParseOptions, PreparedStatements};
 use serde::Deserialize;
 
@@ -48,6 +48,9 @@ impl Case {
 pub const POLICY: &str = include_str!("../../examples/policy.toml");
 pub const CORPUS: &str = include_str!("../evasion.toml");
 
+/// The one issuer of the corpus: its plain names resolve to it.
+pub const ISSUER: &str = "https://idp.test";
+
 /// A fixed instant, so runs are reproducible.
 pub fn now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000)
@@ -56,7 +59,10 @@ pub fn now() -> SystemTime {
 impl Corpus {
     pub fn load() -> Corpus {
         let mut c: Corpus = toml::from_str(CORPUS).expect("corpus parses");
-        c.policy = Some(Policy::from_toml(POLICY).expect("example policy loads"));
+        c.policy = Some(
+            Policy::from_toml(POLICY, &Issuers::single(IssuerId::new(ISSUER)))
+                .expect("example policy loads"),
+        );
         c
     }
 
@@ -118,9 +124,11 @@ impl Corpus {
         statements: &Result<Vec<gatehouse_sql::Statement>, gatehouse_sql::ParseError>,
         prepared: &PreparedStatements,
     ) -> Decision {
+        let user = Principal::new(IssuerId::new(ISSUER), user);
+        let groups: Vec<Group> = Group::all_of(&IssuerId::new(ISSUER), groups);
         let facts = Facts {
-            user,
-            groups,
+            user: &user,
+            groups: &groups,
             connection,
             tags,
             protocol: "postgres",
