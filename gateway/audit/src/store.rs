@@ -158,6 +158,11 @@ struct Log {
 /// (backpressure: a burst faster than SQLite ingests cannot grow memory and the journal
 /// without bound).
 const MAX_PENDING: usize = 65_536;
+/// Ingestion retries an append waits for while ingestion is failing (see
+/// `AuditStore::journal_retrying`).
+const RECOVERY_ATTEMPTS: usize = 3;
+/// How long an append waits for one retry.
+const RECOVERY_WAIT: Duration = Duration::from_secs(2);
 
 /// Most `append_nowait` records kept while the journal cannot be written.
 const MAX_DEFERRED: usize = 65_536;
@@ -644,27 +649,36 @@ impl AuditStore {
     /// [`AuditStore::journal`]; when it is refused because ingestion is failing, asks the
     /// writer to retry ingestion at once and tries again after that attempt (so a store whose
     /// disk has room again accepts the next statement instead of the one after the retry).
+    ///
+    /// Up to [`RECOVERY_ATTEMPTS`] retries: an ingestion attempt that was already running
+    /// when the caller asked (and fails, having started before the disk had room) wakes the
+    /// caller too early; the next attempt is the one that can succeed.
     async fn journal_retrying(&self, records: &[Record]) -> Result<Seq, AuditError> {
-        let first = self.journal(records);
-        if first.is_ok() {
-            return first;
-        }
+        let mut result = self.journal(records);
         let shared = &self.inner.shared;
-        let notified = shared.drained.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let failing = {
-            let log = shared.log();
-            log.ingest_error.is_some() && !log.stopped
-        };
-        if !failing {
-            return first;
+        for _ in 0..RECOVERY_ATTEMPTS {
+            if result.is_ok() {
+                return result;
+            }
+            let notified = shared.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let failing = {
+                let log = shared.log();
+                log.ingest_error.is_some() && !log.stopped
+            };
+            if !failing {
+                return result;
+            }
+            if self.inner.tx.send(Msg::Wake { now: true }).is_err() {
+                return result;
+            }
+            if tokio::time::timeout(RECOVERY_WAIT, notified).await.is_err() {
+                return result;
+            }
+            result = self.journal(records);
         }
-        if self.inner.tx.send(Msg::Wake { now: true }).is_err() {
-            return first;
-        }
-        notified.await;
-        self.journal(records)
+        result
     }
 
     /// One journal append on the calling thread.
