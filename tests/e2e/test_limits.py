@@ -229,7 +229,7 @@ reason = "writes to the ledger need a DBA"
 writes_to = ["{table}"]
 
 [rules.approval]
-approvers = ["dba"]
+approvers = ["dev:dba"]
 mode = "ticket"
 """
 

@@ -45,7 +45,7 @@ reason = "writes to the ledger need a DBA"
 writes_to = ["ledger_e2e"]
 
 [rules.approval]
-approvers = ["dba"]
+approvers = ["dev:dba"]  # dev tokens approve: beside a real IdP, plain names are that IdP's
 mode = "ticket"
 """
 
