@@ -267,12 +267,6 @@ impl Engine {
         doc: &'a [u8],
         counts: &mut Counts,
     ) -> Result<Cow<'a, [u8]>, MaskError> {
-        if doc.len() > self.max_value {
-            return Err(MaskError::TooLarge {
-                len: doc.len(),
-                limit: self.max_value,
-            });
-        }
         self.mask_json_planned(self.plan(column), doc, counts)
     }
 

@@ -111,13 +111,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
-        let nul = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(ProtocolError::Malformed(self.what))?;
-        let (s, rest) = self.buf.split_at(nul);
-        self.buf = &rest[1..];
+        let s = self.cbytes()?;
         std::str::from_utf8(s).map_err(|_| ProtocolError::InvalidUtf8(self.what))
     }
 

@@ -1288,35 +1288,7 @@ fn inspect(
             let (verdict, text, _) = st.judge_bytes(gw, sql, settings, pipelined);
             let mut r = statement_record(gw, info, "simple");
             r.statement = Some(text);
-            let replacement = match verdict {
-                Verdict::Allow { note, .. } => {
-                    r.reason = note;
-                    None
-                }
-                Verdict::Refuse {
-                    decision,
-                    sqlstate,
-                    note,
-                    message,
-                } => {
-                    r.decision = Some(decision);
-                    r.reason = Some(note);
-                    Some(Rewrite::now(refusal_query(sqlstate, &message)))
-                }
-                Verdict::Hold {
-                    id,
-                    timeout,
-                    note,
-                    message,
-                } => {
-                    r.decision = Some(Decision::Deny);
-                    r.reason = Some(note);
-                    Some(Rewrite {
-                        bytes: refusal_query("42501", &message),
-                        hold: Some((id, timeout)),
-                    })
-                }
-            };
+            let replacement = simple_rewrite(verdict, &mut r);
             pending.push((Kind::Simple, Some(records.len())));
             records.push(r);
             // A simple Query drops the unnamed prepared statement.
@@ -1648,35 +1620,7 @@ fn inspect(
             };
             // The server answers a FunctionCall with FunctionCallResponse or ErrorResponse,
             // then ReadyForQuery: a refusing Query has the same shape.
-            let replacement = match verdict {
-                Verdict::Allow { note, .. } => {
-                    r.reason = note;
-                    None
-                }
-                Verdict::Refuse {
-                    decision,
-                    sqlstate,
-                    note,
-                    message,
-                } => {
-                    r.decision = Some(decision);
-                    r.reason = Some(note);
-                    Some(Rewrite::now(refusal_query(sqlstate, &message)))
-                }
-                Verdict::Hold {
-                    id,
-                    timeout,
-                    note,
-                    message,
-                } => {
-                    r.decision = Some(Decision::Deny);
-                    r.reason = Some(note);
-                    Some(Rewrite {
-                        bytes: refusal_query("42501", &message),
-                        hold: Some((id, timeout)),
-                    })
-                }
-            };
+            let replacement = simple_rewrite(verdict, &mut r);
             pending.push((Kind::Call, Some(records.len())));
             records.push(r);
             st.batch += 1;
@@ -1700,6 +1644,40 @@ impl ClientState {
             Verdict::Refuse { decision, note, .. } => Judged::Refused(decision, note),
             // An execution cannot be held in the extended protocol: refused like a ticket.
             Verdict::Hold { note, .. } => Judged::Refused(Decision::Deny, note),
+        }
+    }
+}
+
+/// A simple-protocol message (Query, FunctionCall) under `verdict`: the record's decision and
+/// reason, and the refusing Query to forward instead (held until a decision for `Hold`).
+fn simple_rewrite(verdict: Verdict, r: &mut Record) -> Option<Rewrite> {
+    match verdict {
+        Verdict::Allow { note, .. } => {
+            r.reason = note;
+            None
+        }
+        Verdict::Refuse {
+            decision,
+            sqlstate,
+            note,
+            message,
+        } => {
+            r.decision = Some(decision);
+            r.reason = Some(note);
+            Some(Rewrite::now(refusal_query(sqlstate, &message)))
+        }
+        Verdict::Hold {
+            id,
+            timeout,
+            note,
+            message,
+        } => {
+            r.decision = Some(Decision::Deny);
+            r.reason = Some(note);
+            Some(Rewrite {
+                bytes: refusal_query("42501", &message),
+                hold: Some((id, timeout)),
+            })
         }
     }
 }
