@@ -9,6 +9,7 @@ appears that should not, and every slot comes back."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import secrets
 import struct
@@ -301,3 +302,66 @@ def test_postgres_sessions_end_before_the_gateway_stops(gatehouse, alice):
     with pytest.raises(psycopg.OperationalError):
         c.execute("SELECT 1")
     c.close()
+
+
+HOLD_POLICY = """
+version = "e2e-limits-hold"
+default = "allow"
+
+[[rules]]
+name = "ledger-writes-wait-for-dba"
+action = "require_approval"
+reason = "writes to the ledger wait for a DBA"
+writes_to = ["{table}"]
+
+[rules.approval]
+approvers = ["dev:dba"]
+mode = "hold"
+hold_timeout_seconds = 4
+"""
+
+
+def test_held_statements_per_user_are_bounded(gatehouse, pg, tmp_path):
+    """A held statement keeps its session and upstream connection for up to the hold
+    timeout: with held_statements_per_user = 1, a second one of the same user is refused at
+    once (53400) while the first waits; another user is still held; once the first ends, the
+    user's next statement is held again."""
+    table = f"ledger_{secrets.token_hex(4)}"
+    with pg.owner_connect() as c:
+        c.execute("SET ROLE gh_app")
+        c.execute(f"CREATE TABLE {table} (id int)")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(HOLD_POLICY.replace("{table}", table))
+    gw = gatehouse(extra_toml=f'\n[policy]\npath = "{policy}"\n[limits]\nheld_statements_per_user = 1\n')
+    alice = gw.token("alice-app", groups=["analysts"])
+    carol = gw.token("carol-app", groups=["analysts"])
+
+    def attempt(user, token, value):
+        t0 = time.monotonic()
+        with gw.connect(user, token, autocommit=True) as c:
+            try:
+                c.execute(f"INSERT INTO {table} VALUES ({value})")
+                return None, time.monotonic() - t0
+            except psycopg.Error as e:
+                return e, time.monotonic() - t0
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            held = pool.submit(attempt, "alice-app", alice, 1)
+            other = pool.submit(attempt, "carol-app", carol, 2)
+            wait_for(lambda: len(gw.cli("approvals", "list", "--json").stdout.splitlines()) == 2,
+                     timeout=10, what="two held statements")
+            e, dt = attempt("alice-app", alice, 3)
+            assert e is not None and sql_error_state(e) == "53400", e
+            assert "held_statements_per_user" in str(e) and dt < 3, (str(e), dt)
+            for f in (held, other):
+                e, dt = f.result(timeout=20)
+                assert e is not None and sql_error_state(e) == "42501" and dt >= 3.5, (e, dt)
+        # The first hold ended: alice's next statement is held again (not refused at once).
+        e, dt = attempt("alice-app", alice, 4)
+        assert e is not None and sql_error_state(e) == "42501" and dt >= 3.5, (e, dt)
+        with pg.owner_connect() as c:
+            assert c.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
+    finally:
+        with pg.owner_connect() as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")

@@ -76,6 +76,10 @@ pub struct LimitsConfig {
     /// Pending (undecided, unexpired) approval requests of one user.
     #[serde(default = "default_pending_approvals_per_user")]
     pub pending_approvals_per_user: u32,
+    /// Statements of one user held on their sessions waiting for an approval at once (each
+    /// keeps an upstream connection for up to its rule's hold timeout).
+    #[serde(default = "default_held_statements_per_user")]
+    pub held_statements_per_user: u32,
 }
 
 impl Default for LimitsConfig {
@@ -86,6 +90,7 @@ impl Default for LimitsConfig {
             statement_bytes: default_statement_bytes(),
             upstream_message_bytes: default_upstream_message_bytes(),
             pending_approvals_per_user: default_pending_approvals_per_user(),
+            held_statements_per_user: default_held_statements_per_user(),
         }
     }
 }
@@ -104,6 +109,9 @@ fn default_upstream_message_bytes() -> u32 {
 }
 fn default_pending_approvals_per_user() -> u32 {
     20
+}
+fn default_held_statements_per_user() -> u32 {
+    5
 }
 
 /// Upper bounds of the limits: beyond them a value is a typo, not a tuning.
@@ -141,6 +149,12 @@ impl LimitsConfig {
             (
                 "pending_approvals_per_user",
                 self.pending_approvals_per_user,
+                1,
+                MAX_PENDING_APPROVALS,
+            ),
+            (
+                "held_statements_per_user",
+                self.held_statements_per_user,
                 1,
                 MAX_PENDING_APPROVALS,
             ),

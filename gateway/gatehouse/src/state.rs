@@ -33,6 +33,8 @@ pub struct Gateway {
     pub approvals: gatehouse_approvals::ApprovalStore,
     /// Logged-in PostgreSQL sessions per user (`limits.sessions_per_user`).
     pub user_sessions: crate::pg::limits::UserSessions,
+    /// Statements held for approval per user (`limits.held_statements_per_user`).
+    pub held_statements: crate::pg::limits::UserSessions,
     /// Source-column names read from each target's catalog (masking rules follow columns,
     /// not aliases).
     pub catalogs: crate::pg::catalog::Catalogs,
@@ -191,6 +193,7 @@ impl Gateway {
             approvals,
             catalogs: crate::pg::catalog::Catalogs::default(),
             user_sessions: crate::pg::limits::UserSessions::default(),
+            held_statements: crate::pg::limits::UserSessions::default(),
         })
     }
 

@@ -85,13 +85,14 @@ impl ListenerSlots {
 /// A user as counted by `sessions_per_user`: the token's issuer and user name.
 type Principal = (String, String);
 
-/// Logged-in PostgreSQL sessions per user, across all listeners.
+/// Logged-in PostgreSQL sessions per user, across all listeners (and, with another instance,
+/// statements held for approval per user).
 #[derive(Debug, Default)]
 pub struct UserSessions {
     counts: Arc<Mutex<HashMap<Principal, u32>>>,
 }
 
-/// One logged-in session of a user; counted until dropped.
+/// One logged-in session (or held statement) of a user; counted until dropped.
 #[derive(Debug)]
 pub struct UserSlot {
     counts: Arc<Mutex<HashMap<Principal, u32>>>,

@@ -423,6 +423,8 @@ enum Verdict {
         timeout: std::time::Duration,
         note: String,
         message: String,
+        /// The user's place in `limits.held_statements_per_user`, until the hold ends.
+        slot: super::limits::UserSlot,
     },
 }
 
@@ -457,7 +459,11 @@ struct Rewrite {
     /// The refusal (or re-encoded) message.
     bytes: BytesMut,
     /// Hold: forward the original message instead if this request is approved in time.
-    hold: Option<(gatehouse_approvals::RequestId, std::time::Duration)>,
+    hold: Option<(
+        gatehouse_approvals::RequestId,
+        std::time::Duration,
+        super::limits::UserSlot,
+    )>,
 }
 
 impl Rewrite {
@@ -785,6 +791,23 @@ impl ClientState {
                     gatehouse_policy::ApprovalMode::Ticket => APPROVAL_REQUEST_TTL,
                 };
                 if let gatehouse_policy::ApprovalMode::Hold { timeout } = mode {
+                    // A held statement keeps its session and upstream connection busy for
+                    // up to the hold timeout: bounded per user.
+                    let limit = gw.config.load().config.limits.held_statements_per_user;
+                    let Some(slot) = gw.held_statements.try_acquire(
+                        who.user.issuer.as_str(),
+                        &who.user.name,
+                        limit,
+                    ) else {
+                        let note = format!(
+                            "{rule}: {reason}; not held: {limit} statements of this user are already held for approval (limits.held_statements_per_user)"
+                        );
+                        return Verdict::refuse_with(
+                            "53400",
+                            note.clone(),
+                            format!("gatehouse: {note}"),
+                        );
+                    };
                     let created = store.create_request(gatehouse_approvals::NewRequest {
                         requester: who.user.clone(),
                         requester_groups: who.groups.clone(),
@@ -800,6 +823,7 @@ impl ClientState {
                     });
                     return match created {
                         Ok(r) => Verdict::Hold {
+                            slot,
                             id: r.id.clone(),
                             timeout: *timeout,
                             note: format!("{rule}: {reason} (held for approval {})", r.id),
@@ -1149,7 +1173,7 @@ where
             if let Some(rewrite) = rewrite {
                 let approved = match &rewrite.hold {
                     None => false,
-                    Some((id, timeout)) => {
+                    Some((id, timeout, _slot)) => {
                         // Nothing of this read is forwarded while the statement is held.
                         let (ok, why) = await_approval(gw, id, *timeout).await;
                         if let Some(r) = ob.records.last_mut() {
@@ -1202,6 +1226,10 @@ enum Step {
     WaitForAnswers,
 }
 
+/// The server's answers to earlier messages are needed first (see [`Step::WaitForAnswers`]).
+#[derive(Debug)]
+struct NeedAnswers;
+
 /// The message as it came, re-encoded (tag, length, body).
 fn original(frame: &Frame<'_>, out: &mut BytesMut) {
     out.extend_from_slice(&[frame.tag]);
@@ -1251,7 +1279,7 @@ impl ClientState {
         sql: &[u8],
         shared: &Mutex<Shared>,
         unforwarded: &[(Kind, Option<usize>)],
-    ) -> Result<Option<TextSettings>, Step> {
+    ) -> Result<Option<TextSettings>, NeedAnswers> {
         if !gatehouse_sql::depends_on_settings(sql) || !self.may_restrict(gw) {
             return Ok(None);
         }
@@ -1259,7 +1287,7 @@ impl ClientState {
         let ahead = unforwarded.iter().any(|(k, _)| k.is_boundary());
         let s = lock(shared);
         if (s.in_flight > 0 || ahead) && !self.answers_unavailable {
-            return Err(Step::WaitForAnswers);
+            return Err(NeedAnswers);
         }
         Ok(s.settings.text())
     }
@@ -1282,7 +1310,7 @@ fn inspect(
         FrontendMessage::Query { sql } => {
             let settings = match st.settings_for(gw, sql, shared, pending) {
                 Ok(s) => s,
-                Err(step) => return Ok(step),
+                Err(NeedAnswers) => return Ok(Step::WaitForAnswers),
             };
             let pipelined = st.exec_since_sync || st.answers_unavailable;
             let (verdict, text, _) = st.judge_bytes(gw, sql, settings, pipelined);
@@ -1313,7 +1341,7 @@ fn inspect(
         } => {
             let settings = match st.settings_for(gw, sql, shared, pending) {
                 Ok(s) => s,
-                Err(step) => return Ok(step),
+                Err(NeedAnswers) => return Ok(Step::WaitForAnswers),
             };
             let pipelined = st.exec_since_sync || st.answers_unavailable;
             let (verdict, text, options) = st.judge_bytes(gw, sql, settings, pipelined);
@@ -1671,12 +1699,13 @@ fn simple_rewrite(verdict: Verdict, r: &mut Record) -> Option<Rewrite> {
             timeout,
             note,
             message,
+            slot,
         } => {
             r.decision = Some(Decision::Deny);
             r.reason = Some(note);
             Some(Rewrite {
                 bytes: refusal_query("42501", &message),
-                hold: Some((id, timeout)),
+                hold: Some((id, timeout, slot)),
             })
         }
     }
