@@ -98,7 +98,16 @@ async fn clean_store_verifies_with_checkpoints_and_sealed_rows() {
     assert!(v.checkpoints >= 9, "{}", v.checkpoints);
     assert_eq!(v.uncovered, 0);
     assert_eq!(v.last_checkpoint.as_ref().unwrap().size, 1000);
-    assert_eq!(v.last_checkpoint.unwrap().kind, CheckpointKind::Shutdown);
+    // The shutdown checkpoint is written when records are left uncovered; when the count
+    // checkpoint after the last ingestion already covered all 1,000 (which depends on how
+    // the ingestions fell), there is nothing left for it.
+    assert!(
+        matches!(
+            v.last_checkpoint.unwrap().kind,
+            CheckpointKind::Shutdown | CheckpointKind::Interval
+        ),
+        "the last checkpoint covers the whole store"
+    );
 
     // Sensitive text is not in the file in the clear.
     let bytes = std::fs::read(&env.path).unwrap();
