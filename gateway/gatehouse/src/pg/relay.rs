@@ -1263,6 +1263,8 @@ impl ClientState {
                 }
                 slot.confirmed = true;
             }
+            // A name the server does not hold needs no slot.
+            map.retain(|_, slot| slot.prepared.is_some() || !slot.confirmed);
         }
     }
 
@@ -1320,16 +1322,7 @@ fn inspect(
             pending.push((Kind::Simple, Some(records.len())));
             records.push(r);
             // A simple Query drops the unnamed prepared statement.
-            st.statements.insert(
-                Arc::from(""),
-                Slot {
-                    prepared: None,
-                    ..Slot::new(
-                        st.batch,
-                        refused_prepared("", "", Decision::Deny, String::new()),
-                    )
-                },
-            );
+            st.statements.remove("");
             st.batch += 1;
             st.exec_since_sync = false;
             Ok(Step::Forward(replacement))
@@ -1417,7 +1410,12 @@ fn inspect(
                 return Ok(Step::WaitForAnswers);
             }
             let slot = st.statements.get_mut(statement);
-            let known = slot.as_ref().and_then(|s| s.prepared.clone());
+            // A name this side forgot (closed) may still be on the server if its Close was
+            // skipped after an error: the server's answers say.
+            let known = match &slot {
+                Some(s) => s.prepared.clone(),
+                None => lock(shared).statements.get(statement).cloned(),
+            };
             let ticket = slot
                 .map(|s| std::mem::take(&mut s.ticket_unused))
                 .unwrap_or(false);
@@ -1606,17 +1604,11 @@ fn inspect(
             } else {
                 &mut st.portals
             };
+            // Forgotten at once (no tombstone, so a session that prepares and closes many
+            // names keeps no memory of them). Should the Close not take effect (skipped after
+            // an error), a later Bind of the name finds it in the confirmed map.
+            map.remove(name);
             let name: Arc<str> = Arc::from(name);
-            map.insert(
-                Arc::clone(&name),
-                Slot {
-                    prepared: None,
-                    ..Slot::new(
-                        st.batch,
-                        refused_prepared("", "", Decision::Deny, String::new()),
-                    )
-                },
-            );
             pending.push((Kind::Close { statement, name }, None));
             Ok(Step::Forward(None))
         }
@@ -2666,6 +2658,38 @@ mod tests {
         outcome(&gw, &info(), &mut s, b'C', &ok, &mut done).unwrap();
         outcome(&gw, &info(), &mut s, b'Z', b"I", &mut done).unwrap();
         assert_eq!(summary(&done), vec![(9, Some("00000".into()), 4, false)]);
+    }
+
+    #[test]
+    fn closed_names_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = gateway(dir.path());
+        let mut st = ClientState::default();
+        let mut ob = Outbox::default();
+        let shared = Mutex::new(Shared::default());
+        let mut wire = BytesMut::new();
+        for i in 0..1000 {
+            let name = format!("s{i}");
+            gatehouse_pgwire::encode_parse(&mut wire, &name, "select 1", &[]);
+            gatehouse_pgwire::encode_describe(&mut wire, b'S', &name);
+            let mut close = BytesMut::new();
+            close.extend_from_slice(b"C");
+            close.extend_from_slice(&((4 + 1 + name.len() + 1) as i32).to_be_bytes());
+            close.extend_from_slice(b"S");
+            close.extend_from_slice(name.as_bytes());
+            close.extend_from_slice(b"\0");
+            wire.extend_from_slice(&close);
+        }
+        let mut rest = &wire[..];
+        while let Some(f) = gatehouse_pgwire::next_frame(rest, 1 << 20).unwrap() {
+            inspect(&mut st, &gw, &info(), f, &mut ob, &shared).unwrap();
+            rest = &rest[f.wire_len()..];
+        }
+        assert!(
+            st.statements.is_empty(),
+            "{} names kept",
+            st.statements.len()
+        );
     }
 
     #[test]
