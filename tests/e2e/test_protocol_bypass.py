@@ -183,7 +183,14 @@ def test_fast_path_calls_are_judged(guarded, pg):
         c.execute("CREATE OR REPLACE FUNCTION public.gh_wipe() RETURNS int LANGUAGE sql "
                   f"AS $$ DELETE FROM {table} RETURNING 1 $$")
         c.execute("GRANT EXECUTE ON FUNCTION public.gh_wipe() TO gh_app")
-    wipe = _oid(pg, "public.gh_wipe()")
+    try:
+        _fast_path_refusals(gw, pg, table, lo_import, query_to_xml, _oid(pg, "public.gh_wipe()"), before)
+    finally:
+        with pg.owner_connect() as c:
+            c.execute("DROP FUNCTION IF EXISTS public.gh_wipe()")
+
+
+def _fast_path_refusals(gw, pg, table, lo_import, query_to_xml, wipe, before):
     with raw_login(gw) as r:
         r.send(r.function_call_msg(lo_import, [b"/etc/hostname"]))
         _, err = r.until_ready()
@@ -200,7 +207,6 @@ def test_fast_path_calls_are_judged(guarded, pg):
     assert rows_in(pg, table) == 10
     with pg.owner_connect() as c:
         assert c.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0] == before
-        c.execute("DROP FUNCTION public.gh_wipe()")
     statements = [r for r in gw.audit_json() if r.get("protocol") == "function-call"]
     assert any("lo_import" in (r.get("statement") or "") and r["decision"] == "deny" for r in statements)
 

@@ -260,20 +260,7 @@ fn array<E>(
     if count > (v.len() - c.pos) / 4 {
         return Err(bad());
     }
-    let mut replaced = Vec::new();
-    for _ in 0..count {
-        let prefix = c.pos;
-        let Some(e) = c.element().ok_or_else(bad)? else {
-            continue;
-        };
-        if let Some(new) = walk(elem, e, visit, depth + 1)? {
-            replaced.push((prefix, e.len(), new));
-        }
-    }
-    if c.pos != v.len() {
-        return Err(bad());
-    }
-    Ok((!replaced.is_empty()).then(|| rebuild(v, replaced)))
+    elements(oid, c, count, |_| Some(elem), visit, depth)
 }
 
 fn record<E>(
@@ -288,14 +275,37 @@ fn record<E>(
     if n < 0 || n as usize > (v.len() - c.pos) / 8 {
         return Err(bad());
     }
+    // Each field: its type OID, then the length-prefixed value.
+    elements(
+        oid,
+        c,
+        n as usize,
+        |c| c.i32().map(|o| o as u32),
+        visit,
+        depth,
+    )
+}
+
+/// The `count` length-prefixed elements from `c` to the end of the value, each of the type
+/// `type_of` reads (or knows), walked and rebuilt when any was replaced.
+fn elements<'a, E>(
+    oid: u32,
+    mut c: Cursor<'a>,
+    count: usize,
+    mut type_of: impl FnMut(&mut Cursor<'a>) -> Option<u32>,
+    visit: &mut Visitor<'_, E>,
+    depth: usize,
+) -> Result<Option<Vec<u8>>, BinaryError<E>> {
+    let bad = || BinaryError::Malformed(oid);
+    let v = c.buf;
     let mut replaced = Vec::new();
-    for _ in 0..n {
-        let field_oid = c.i32().ok_or_else(bad)? as u32;
+    for _ in 0..count {
+        let elem = type_of(&mut c).ok_or_else(bad)?;
         let prefix = c.pos;
         let Some(e) = c.element().ok_or_else(bad)? else {
             continue;
         };
-        if let Some(new) = walk(field_oid, e, visit, depth + 1)? {
+        if let Some(new) = walk(elem, e, visit, depth + 1)? {
             replaced.push((prefix, e.len(), new));
         }
     }

@@ -293,6 +293,9 @@ struct ClientState {
     /// The session's masking has column rules: COPY TO (whose rows carry no column names)
     /// is refused before it runs.
     column_rules: bool,
+    /// The unnamed statement's and portal's name, shared: most clients use only these, and
+    /// every Parse, Bind, Describe and Execute needs the name (no allocation per message).
+    unnamed: Arc<str>,
 }
 
 /// Whether the text holds a `COPY ... TO` (cheap check first: the bytes mention "copy").
@@ -1238,6 +1241,15 @@ fn original(frame: &Frame<'_>, out: &mut BytesMut) {
 }
 
 impl ClientState {
+    /// `name` as the maps and the expected answers keep it.
+    fn name(&self, name: &str) -> Arc<str> {
+        if name.is_empty() {
+            Arc::clone(&self.unnamed)
+        } else {
+            Arc::from(name)
+        }
+    }
+
     /// Brings names changed in earlier (answered) batches in line with the server's answers.
     fn reconcile(&mut self, shared: &Mutex<Shared>) {
         let s = lock(shared);
@@ -1387,7 +1399,7 @@ fn inspect(
                     )
                 }
             };
-            let name: Arc<str> = Arc::from(statement);
+            let name = st.name(statement);
             let mut slot = Slot::new(st.batch, Arc::clone(&prepared));
             slot.ticket_unused = ticket;
             st.statements.insert(Arc::clone(&name), slot);
@@ -1474,7 +1486,7 @@ fn inspect(
                     }
                 }
             };
-            let portal_name: Arc<str> = Arc::from(portal);
+            let portal_name = st.name(portal);
             let mut replacement = None;
             if let Judged::Refused(decision, note) = &judged {
                 let mut b = BytesMut::new();
@@ -1497,10 +1509,10 @@ fn inspect(
                     gatehouse_pgwire::encode_bind(&mut b, portal, "", &[]);
                     let stand_in = refused_prepared("", &sql, *decision, note.clone());
                     st.statements
-                        .insert(Arc::from(""), Slot::new(st.batch, Arc::clone(&stand_in)));
+                        .insert(st.name(""), Slot::new(st.batch, Arc::clone(&stand_in)));
                     pending.push((
                         Kind::Parse {
-                            name: Arc::from(""),
+                            name: st.name(""),
                             prepared: stand_in,
                             swallow: true,
                         },
@@ -1534,7 +1546,7 @@ fn inspect(
                 return Ok(Step::WaitForAnswers);
             }
             let mut r = statement_record(gw, info, "extended");
-            let name: Arc<str> = Arc::from(portal);
+            let name = st.name(portal);
             let slot = st.portals.get_mut(portal);
             let described = slot.as_ref().is_some_and(|s| s.described);
             match slot.as_ref().and_then(|s| s.prepared.as_ref()) {
@@ -1582,7 +1594,7 @@ fn inspect(
             Ok(Step::Forward(replacement))
         }
         FrontendMessage::Describe { kind, name } => {
-            let portal = (kind == b'P').then(|| Arc::from(name));
+            let portal = (kind == b'P').then(|| st.name(name));
             if kind == b'P' {
                 if let Some(s) = st.portals.get_mut(name) {
                     s.described = true;
@@ -1608,7 +1620,7 @@ fn inspect(
             // names keeps no memory of them). Should the Close not take effect (skipped after
             // an error), a later Bind of the name finds it in the confirmed map.
             map.remove(name);
-            let name: Arc<str> = Arc::from(name);
+            let name = st.name(name);
             pending.push((Kind::Close { statement, name }, None));
             Ok(Step::Forward(None))
         }
@@ -1743,6 +1755,27 @@ struct Masking {
     counts: gatehouse_masking::Counts,
 }
 
+/// One value (or piece of a binary value) of type `type_oid` under `plan`; `None` when
+/// nothing was masked. JSON built in SQL (`row_to_json`, `json_agg`, `to_jsonb`) is masked as
+/// a document whose field names meet the column rules; anything else as text.
+fn mask_value(
+    engine: &gatehouse_masking::Engine,
+    plan: gatehouse_masking::ColumnPlan,
+    type_oid: u32,
+    v: &[u8],
+    counts: &mut gatehouse_masking::Counts,
+) -> Result<Option<Vec<u8>>, gatehouse_masking::MaskError> {
+    let masked = if gatehouse_pgwire::binary::is_json_type(type_oid) {
+        engine.mask_json_planned(plan, v, counts)?
+    } else {
+        engine.mask_planned(plan, v, counts)?
+    };
+    Ok(match masked {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(o) => Some(o),
+    })
+}
+
 fn mask_failed(e: gatehouse_masking::MaskError) -> SessionError {
     SessionError::MaskingFailed(e.to_string())
 }
@@ -1758,29 +1791,7 @@ impl Masking {
         plan: gatehouse_masking::ColumnPlan,
         v: &[u8],
     ) -> Result<Option<Vec<u8>>, SessionError> {
-        match self
-            .engine
-            .mask_planned(plan, v, &mut self.counts)
-            .map_err(mask_failed)?
-        {
-            Cow::Borrowed(_) => Ok(None),
-            Cow::Owned(o) => Ok(Some(o)),
-        }
-    }
-
-    fn json(
-        &mut self,
-        plan: gatehouse_masking::ColumnPlan,
-        v: &[u8],
-    ) -> Result<Option<Vec<u8>>, SessionError> {
-        match self
-            .engine
-            .mask_json_planned(plan, v, &mut self.counts)
-            .map_err(mask_failed)?
-        {
-            Cow::Borrowed(_) => Ok(None),
-            Cow::Owned(o) => Ok(Some(o)),
-        }
+        mask_value(&self.engine, plan, 0, v, &mut self.counts).map_err(mask_failed)
     }
 
     fn text_str(&mut self, v: &str) -> Result<Option<String>, SessionError> {
@@ -1799,20 +1810,9 @@ impl Masking {
                     .into(),
             ));
         }
-        let engine = Arc::clone(&self.engine);
+        let engine = &self.engine;
         let counts = &mut self.counts;
-        let mut visit =
-            |oid: u32, t: &[u8]| -> Result<Option<Vec<u8>>, gatehouse_masking::MaskError> {
-                let masked = if gatehouse_pgwire::binary::is_json_type(oid) {
-                    engine.mask_json_planned(col.plan, t, counts)?
-                } else {
-                    engine.mask_planned(col.plan, t, counts)?
-                };
-                Ok(match masked {
-                    Cow::Borrowed(_) => None,
-                    Cow::Owned(o) => Some(o),
-                })
-            };
+        let mut visit = |oid: u32, t: &[u8]| mask_value(engine, col.plan, oid, t, counts);
         gatehouse_pgwire::binary::rewrite(col.type_oid, v, &mut visit).map_err(|e| match e {
             gatehouse_pgwire::binary::BinaryError::Visitor(m) => mask_failed(m),
             other => SessionError::MaskingFailed(other.to_string()),
@@ -1844,12 +1844,9 @@ impl Masking {
                     });
                     let out = if col.binary {
                         self.binary(col, v)?
-                    } else if gatehouse_pgwire::binary::is_json_type(col.type_oid) {
-                        // JSON built in SQL (`row_to_json`, `json_agg`, `to_jsonb`): its field
-                        // names are column names for the column rules.
-                        self.json(col.plan, v)?
                     } else {
-                        self.text(col.plan, v)?
+                        mask_value(&self.engine, col.plan, col.type_oid, v, &mut self.counts)
+                            .map_err(mask_failed)?
                     };
                     if let Some(o) = out {
                         masked.resize(values.len(), None);
